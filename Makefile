@@ -1,0 +1,32 @@
+# Front door: `make run` and `make test` do all their own set-up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint run bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check services tests benchmarks
+	$(BIN)/ruff format --check services tests benchmarks
+	$(BIN)/mypy
+
+test: install lint
+	$(BIN)/pytest -q
+
+run: install
+	$(BIN)/metering demo --workdir .metering
+
+bench: install
+	$(BIN)/python benchmarks/replay_bench.py
+
+clean:
+	rm -rf .metering .pytest_cache .mypy_cache .ruff_cache
