@@ -143,6 +143,31 @@ class FairUseFact(Struct, kw_only=True):
     charge_usd: str
 
 
+class AccountFact(Struct, kw_only=True):
+    """An account's configuration as the engine applies it (key: account)."""
+
+    account: str
+    timezone: str
+    policies: list[str]
+    trunk_groups: dict[str, dict[str, Any]]
+
+
+class RawEventFact(Struct, kw_only=True):
+    """One accepted input event, as received (key: account, source, id).
+
+    Written by the adapter, not the engine, once the engine has accepted the event.
+    """
+
+    account: str
+    source: str
+    id: str
+    type: str
+    time: int
+    cycle: str
+    topic: str | None
+    payload: bytes
+
+
 class OutputEvent(Struct, kw_only=True):
     """A CloudEvent for an output topic of SPEC section 7 (key = account id).
 
@@ -166,4 +191,6 @@ Fact = (
     | PeakFact
     | MinutePeakFact
     | FairUseFact
+    | AccountFact
+    | RawEventFact
 )
