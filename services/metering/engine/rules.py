@@ -42,25 +42,106 @@ class Rule:
 RULES: dict[str, Rule] = {
     r.name: r
     for r in (
-        Rule("minutes_per_user", "mitel_us", "user", "max", Fraction(2500), False, 0, True,
-             "num = local+domestic_ld billable minutes of the user's calls"),
-        Rule("rboc_mix", "mitel_us", "account", "min", Fraction(7, 10), True, 1000, False,
-             "num = outbound rboc minutes, den = outbound rboc+itoc minutes, aux = all minutes"),
-        Rule("call_completion", "mitel_us", "account", "min", Fraction(9, 10), True, 100, False,
-             "num = answered outbound, den = attempted outbound (non-blocked), "
-             "aux = billable seconds of answered outbound; aux2 (all minutes) in charge"),
-        Rule("alaska_hawaii_share", "mitel_us", "account", "max", Fraction(1, 100), True, 1000,
-             True, "num = outbound domestic_ld AK/HI minutes, den = outbound domestic_ld minutes"),
-        Rule("toll_free_share", "intelepeer_uc", "account", "max", Fraction(1, 10), True, 1000,
-             True, "num = toll_free minutes, den = all minutes"),
-        Rule("local_calling_area", "intelepeer_uc", "trunk_group", "min", Fraction(9, 10), True,
-             500, False, "num = local minutes of the largest area, den = local minutes"),
-        Rule("bundle_sharing", "intelepeer_uc", "user", "max", Fraction(1), False, 0, False,
-             "num = most of the user's calls occupying ports at one instant"),
-        Rule("nlp_share", "intelepeer_cap", "account", "max", Fraction(3, 10), True, 100, True,
-             "num = executions with nlp.used, den = executions"),
-        Rule("calls_per_second", "intelepeer_cap", "account", "max", Fraction(150), False, 0,
-             True, "num = most call.started in one 1-second window"),
+        Rule(
+            "minutes_per_user",
+            "mitel_us",
+            "user",
+            "max",
+            Fraction(2500),
+            False,
+            0,
+            True,
+            "num = local+domestic_ld billable minutes of the user's calls",
+        ),
+        Rule(
+            "rboc_mix",
+            "mitel_us",
+            "account",
+            "min",
+            Fraction(7, 10),
+            True,
+            1000,
+            False,
+            "num = outbound rboc minutes, den = outbound rboc+itoc minutes, aux = all minutes",
+        ),
+        Rule(
+            "call_completion",
+            "mitel_us",
+            "account",
+            "min",
+            Fraction(9, 10),
+            True,
+            100,
+            False,
+            "num = answered outbound, den = attempted outbound (non-blocked), "
+            "aux = billable MILLISECONDS of answered outbound",
+        ),
+        Rule(
+            "alaska_hawaii_share",
+            "mitel_us",
+            "account",
+            "max",
+            Fraction(1, 100),
+            True,
+            1000,
+            True,
+            "num = outbound domestic_ld AK/HI minutes, den = outbound domestic_ld minutes",
+        ),
+        Rule(
+            "toll_free_share",
+            "intelepeer_uc",
+            "account",
+            "max",
+            Fraction(1, 10),
+            True,
+            1000,
+            True,
+            "num = toll_free minutes, den = all minutes",
+        ),
+        Rule(
+            "local_calling_area",
+            "intelepeer_uc",
+            "trunk_group",
+            "min",
+            Fraction(9, 10),
+            True,
+            500,
+            False,
+            "num = local minutes of the largest area, den = local minutes",
+        ),
+        Rule(
+            "bundle_sharing",
+            "intelepeer_uc",
+            "user",
+            "max",
+            Fraction(1),
+            False,
+            0,
+            False,
+            "num = most of the user's calls occupying ports at one instant",
+        ),
+        Rule(
+            "nlp_share",
+            "intelepeer_cap",
+            "account",
+            "max",
+            Fraction(3, 10),
+            True,
+            100,
+            True,
+            "num = executions with nlp.used, den = executions",
+        ),
+        Rule(
+            "calls_per_second",
+            "intelepeer_cap",
+            "account",
+            "max",
+            Fraction(150),
+            False,
+            0,
+            True,
+            "num = most call.started in one 1-second window",
+        ),
     )
 }
 
@@ -95,7 +176,9 @@ class Evaluation:
 
 def round_ratio(v: Fraction) -> float:
     """A ratio rounded half-up to 4 decimals (exact decimal arithmetic, then float)."""
-    return float((Decimal(v.numerator) / Decimal(v.denominator)).quantize(RATIO_PLACES, ROUND_HALF_UP))
+    return float(
+        (Decimal(v.numerator) / Decimal(v.denominator)).quantize(RATIO_PLACES, ROUND_HALF_UP)
+    )
 
 
 def threshold_value(rule: str) -> int | float:
@@ -111,12 +194,9 @@ def evaluate(rule_name: str, num: int, den: int, aux: int, account_minutes: int)
     acd: Fraction | None = None
     if rule_name == "call_completion":
         answered = num
-        acd = Fraction(aux, answered) if answered else Fraction(0)
+        acd = Fraction(aux, answered * 1000) if answered else Fraction(0)
     floor_met = floor_base >= rule.floor if rule.floor else True
-    if rule.kind == "max":
-        fails = value > rule.threshold
-    else:
-        fails = value < rule.threshold
+    fails = value > rule.threshold if rule.kind == "max" else value < rule.threshold
     if rule_name == "call_completion" and acd is not None and not fails:
         fails = not acd > 30
     failing = floor_met and fails
@@ -135,8 +215,9 @@ def evaluate(rule_name: str, num: int, den: int, aux: int, account_minutes: int)
             charge = (Decimal(num) - Decimal(2500)) * MINUTES_OVERAGE_RATE
         elif rule_name in ("rboc_mix", "call_completion"):
             charge = Decimal(account_minutes) * SURCHARGE_RATE
-    return Evaluation(rule_name, value, status, failing, warned,
-                      charge.quantize(CENT, ROUND_HALF_UP), acd)
+    return Evaluation(
+        rule_name, value, status, failing, warned, charge.quantize(CENT, ROUND_HALF_UP), acd
+    )
 
 
 def charge_kind(rule_name: str) -> Literal["overage", "surcharge", "none"]:

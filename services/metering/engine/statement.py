@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from metering.events.decode import ms_to_rfc3339
-from metering.events.models import ROUTE_CLASSES
 from metering.engine.rules import (
     RULES,
     charge_kind,
@@ -22,6 +20,8 @@ from metering.engine.rules import (
     rules_for,
     threshold_value,
 )
+from metering.events.decode import ms_to_rfc3339
+from metering.events.models import ROUTE_CLASSES
 
 STATEMENT_CHANNELS: tuple[str, ...] = ("voice", "sms", "whatsapp", "facebook", "api")
 

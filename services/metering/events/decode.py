@@ -18,6 +18,7 @@ from metering.events.models import (
     TYPE_TOPIC,
     InputEvent,
     SmartflowTriggered,
+    event_type,
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -57,12 +58,13 @@ class Decoder:
             event = self._decoder.decode(raw)
         except msgspec.DecodeError as exc:
             return _classify(raw, exc)
-        if topic is not None and TYPE_TOPIC[event.type] != topic:
+        etype = event_type(event)
+        if topic is not None and TYPE_TOPIC[etype] != topic:
             return Rejection(
                 raw,
                 "wrong_topic",
-                f"{event.type} belongs on {TYPE_TOPIC[event.type]}, not {topic}",
-                event.type,
+                f"{etype} belongs on {TYPE_TOPIC[etype]}, not {topic}",
+                etype,
                 event.subject,
             )
         if (
@@ -74,7 +76,7 @@ class Decoder:
                 raw,
                 "schema",
                 "smartflow.triggered on a messaging channel needs business_address and remote_address",
-                event.type,
+                etype,
                 event.subject,
             )
         return event

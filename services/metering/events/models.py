@@ -187,3 +187,10 @@ TOPIC_TYPES: dict[str, tuple[str, ...]] = {
     "cpaas.accounts": ("account.configured",),
 }
 TYPE_TOPIC: dict[str, str] = {t: topic for topic, types in TOPIC_TYPES.items() for t in types}
+
+
+def event_type(event: InputEvent) -> str:
+    """The CloudEvents ``type`` of a decoded event (msgspec keeps the tag on the class)."""
+    tag = event.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag

@@ -1,0 +1,1188 @@
+"""The metering engine: usage events in, facts and output events out (SPEC sections 1-7).
+
+Pure and deterministic: no IO, no wall clock, no Faust. One :class:`Engine` holds the
+state of many accounts; everything about one account lives in its
+:class:`~metering.engine.state.AccountState`, so a streaming worker that owns an account
+(its partition) can keep, snapshot and restore that state on its own.
+
+Contract:
+
+* :meth:`Engine.process` takes one decoded input event (and its original bytes) and
+  returns ``"accepted"``, ``"duplicate"`` or ``"rejected"``. It updates the account's
+  counters at once.
+* :meth:`Engine.drain` finishes what depends on many events at once (interval sweeps for
+  concurrency, time-outs, orphans, closing interactions, fair-use evaluation) and returns
+  everything produced since the previous drain as a :class:`Batch` of facts, output events
+  and rejections. Call it after every batch of input; results after a drain are final for
+  the events seen.
+* The statement of a cycle after all events and a final drain depends only on the *set*
+  of accepted events, never on their arrival order (within the allowed lateness) or on
+  where the drains fell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from metering.engine.accounts import AccountConfig, default_config, resolve
+from metering.engine.calendar import Calendar, calendar_for
+from metering.engine.concurrency import (
+    MINUTE_MS,
+    CyclePeaks,
+    Interval,
+    cps_max,
+    merge_range,
+    sweep,
+)
+from metering.engine.facts import (
+    AccountFact,
+    CallFact,
+    ExecutionFact,
+    Fact,
+    FairUseFact,
+    InteractionFact,
+    MessageFact,
+    MinutePeakFact,
+    OutputEvent,
+    PeakFact,
+    RawEventFact,
+)
+from metering.engine.rules import RULES, evaluate, round_ratio, rules_for, threshold_value
+from metering.engine.state import (
+    AccountState,
+    Call,
+    CycleState,
+    Execution,
+    Interaction,
+    Peaks,
+    PendingNlp,
+)
+from metering.engine.statement import Counter, StatementFacts
+from metering.events.decode import Rejection, ms_to_rfc3339, to_ms
+from metering.events.models import (
+    AccountConfigured,
+    CallAnswered,
+    CallCompleted,
+    CallEnded,
+    CallStarted,
+    InputEvent,
+    MessageReceived,
+    MessageSent,
+    NlpUsed,
+    SmartflowTriggered,
+    event_type,
+)
+
+Verdict = Literal["accepted", "duplicate", "rejected"]
+FAMILY = {"sms": "sms", "mms": "sms", "whatsapp": "whatsapp", "facebook": "facebook"}
+FAR = 2**62
+_DEDUPE, _SHELL, _NLP, _EXEC, _CLOSE = 0, 1, 2, 3, 4
+FLAG_WARNED, FLAG_BREACHED, FLAG_FAILING = 1, 2, 4
+RATIO_RULES = frozenset(n for n, r in RULES.items() if r.ratio)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Time rules of the SPEC, in milliseconds."""
+
+    allowed_lateness_ms: int = 15 * 60_000
+    dedupe_horizon_ms: int = 24 * 3_600_000
+    max_call_duration_ms: int = 4 * 3_600_000
+
+    @property
+    def settle_ms(self) -> int:
+        """How far behind the watermark call intervals stay in memory."""
+        return 2 * self.max_call_duration_ms + self.allowed_lateness_ms
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one :meth:`Engine.drain` produced, in emission order per kind."""
+
+    facts: list[Fact] = field(default_factory=list)
+    outputs: list[OutputEvent] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+def _id(*parts: object) -> str:
+    return hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=12).hexdigest()
+
+
+class Engine:
+    """Incremental metering over many accounts (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        accounts: Mapping[str, AccountConfig] | None = None,
+    ) -> None:
+        self.config = config or EngineConfig()
+        self._configs: dict[str, AccountConfig] = dict(accounts or {})
+        self._states: dict[str, AccountState] = {}
+        self._dirty: set[str] = set()
+        self._batch = Batch()
+        self._dirty_calls: dict[str, set[str]] = {}
+        self._dirty_inter: dict[str, dict[str, Interaction]] = {}
+        self._dirty_exec: dict[str, set[str]] = {}
+        self._dirty_cycles: dict[str, set[str]] = {}
+
+    # ----------------------------------------------------------------- accounts
+    def config_of(self, account: str) -> AccountConfig:
+        cfg = self._configs.get(account)
+        if cfg is None:
+            cfg = self._configs[account] = default_config(account)
+        return cfg
+
+    def configure(self, account: str, cfg: AccountConfig) -> None:
+        """Apply a configuration (YAML or ``account.configured``); later calls win."""
+        self._configs[account] = cfg
+        self._batch.facts.append(_account_fact(cfg))
+
+    def accounts(self) -> list[str]:
+        return sorted(self._states)
+
+    def state(self, account: str) -> AccountState:
+        st = self._states.get(account)
+        if st is None:
+            st = self._states[account] = AccountState(account=account)
+            self._batch.facts.append(_account_fact(self.config_of(account)))
+        return st
+
+    def restore(self, state: AccountState) -> None:
+        """Adopt a snapshot of one account (from a changelog)."""
+        self._states[state.account] = state
+
+    def _cycle(self, st: AccountState, cycle: str) -> CycleState:
+        cs = st.cycles.get(cycle)
+        if cs is None:
+            cs = st.cycles[cycle] = CycleState()
+        self._dirty_cycles.setdefault(st.account, set()).add(cycle)
+        return cs
+
+    # ----------------------------------------------------------------- intake
+    def process(self, ev: InputEvent, raw: bytes, topic: str | None = None) -> Verdict:
+        """Apply one validated event. Never raises on bad data: it dead-letters it."""
+        account = ev.subject
+        st = self.state(account)
+        t = to_ms(ev.time)
+        key = f"{ev.source}\x1f{ev.id}"
+        if key in st.seen:
+            return "duplicate"
+        st.seen[key] = t
+        heapq.heappush(st.expiries, (t + self.config.dedupe_horizon_ms, _DEDUPE, key))
+        if t > st.watermark:
+            st.watermark = t
+        self._dirty.add(account)
+        cal = calendar_for(self.config_of(account).timezone)
+        verdict: Verdict = "accepted"
+        if isinstance(ev, CallStarted):
+            verdict = self._call_started(st, ev, t, raw, cal)
+        elif isinstance(ev, (CallAnswered, CallEnded)):
+            verdict = self._call_piece(st, ev, t, raw)
+        elif isinstance(ev, CallCompleted):
+            verdict = self._call_completed(st, ev, raw, cal)
+        elif isinstance(ev, (MessageSent, MessageReceived)):
+            self._message(st, ev, t, cal)
+        elif isinstance(ev, SmartflowTriggered):
+            self._smartflow(st, ev, t, cal)
+        elif isinstance(ev, NlpUsed):
+            self._nlp(st, ev, t, raw)
+        elif isinstance(ev, AccountConfigured):
+            verdict = self._configured(ev, raw)
+        if verdict == "accepted":
+            self._batch.facts.append(
+                RawEventFact(
+                    account=account,
+                    source=ev.source,
+                    id=ev.id,
+                    type=event_type(ev),
+                    time=t,
+                    cycle=cal.cycle_of(t),
+                    topic=topic,
+                    payload=raw,
+                )
+            )
+        return verdict
+
+    def _reject(self, raw: bytes, reason: str, detail: str, etype: str, account: str) -> None:
+        self._batch.rejections.append(Rejection(raw, reason, detail, etype, account))
+
+    def _configured(self, ev: AccountConfigured, raw: bytes) -> Verdict:
+        try:
+            cfg = resolve(ev.subject, ev.data)
+        except ValueError as exc:
+            self._reject(raw, "schema", str(exc), event_type(ev), ev.subject)
+            return "rejected"
+        self.configure(ev.subject, cfg)
+        return "accepted"
+
+    # ----------------------------------------------------------------- calls
+    def _call_started(
+        self, st: AccountState, ev: CallStarted, t: int, raw: bytes, cal: Calendar
+    ) -> Verdict:
+        d = ev.data
+        call = st.calls.get(d.call_id)
+        if call is not None and call.start is not None:
+            self._reject(
+                raw,
+                "duplicate_call",
+                f"call {d.call_id} is already described by {call.described_by}",
+                event_type(ev),
+                st.account,
+            )
+            return "rejected"
+        if call is None:
+            call = st.calls[d.call_id] = Call(call_id=d.call_id, first_seen=t)
+        call.shell_raws = []
+        self._fill(call, st.account, d, t, ev.source, ev.id, cal)
+        call.described_by = "lifecycle"
+        self._settle_call(st, call)
+        return "accepted"
+
+    def _fill(
+        self, call: Call, account: str, d: Any, start: int, src: str, eid: str, cal: Calendar
+    ) -> None:
+        cfg = self.config_of(account)
+        call.trunk_group = d.trunk_group
+        call.group = cfg.group(d.trunk_group).owner
+        call.direction = d.direction
+        call.route_class = d.route_class
+        call.user = d.user
+        call.from_ = d.from_
+        call.to = d.to
+        call.region = d.region
+        call.carrier_class = d.carrier_class
+        call.lca = d.local_calling_area
+        call.blocked = d.blocked
+        call.start = start
+        call.key_src = src
+        call.key_id = eid
+        call.cycle = cal.cycle_of(start)
+
+    def _call_piece(
+        self, st: AccountState, ev: CallAnswered | CallEnded, t: int, raw: bytes
+    ) -> Verdict:
+        cid = ev.data.call_id
+        call = st.calls.get(cid)
+        answered = isinstance(ev, CallAnswered)
+        if call is None:
+            call = st.calls[cid] = Call(call_id=cid, first_seen=t)
+            heapq.heappush(
+                st.expiries,
+                (
+                    t + self.config.max_call_duration_ms + self.config.allowed_lateness_ms,
+                    _SHELL,
+                    cid,
+                ),
+            )
+        if call.described_by == "cdr" or (call.answer if answered else call.end) is not None:
+            self._reject(
+                raw,
+                "duplicate_call",
+                f"call {cid} already has {'an answer' if answered else 'an end'}"
+                if call.described_by != "cdr"
+                else f"call {cid} is described by a CDR",
+                event_type(ev),
+                st.account,
+            )
+            return "rejected"
+        self._retract(st, call)
+        if answered:
+            call.answer = t
+        else:
+            call.end = t
+        if call.start is None:
+            call.shell_raws.append((event_type(ev), raw))
+        else:
+            self._settle_call(st, call)
+        return "accepted"
+
+    def _call_completed(
+        self, st: AccountState, ev: CallCompleted, raw: bytes, cal: Calendar
+    ) -> Verdict:
+        d = ev.data
+        call = st.calls.get(d.call_id)
+        if call is not None and call.start is not None:
+            self._reject(
+                raw,
+                "duplicate_call",
+                f"call {d.call_id} is already described by {call.described_by}",
+                event_type(ev),
+                st.account,
+            )
+            return "rejected"
+        if call is not None:
+            for etype, piece in call.shell_raws:
+                self._reject(
+                    piece,
+                    "duplicate_call",
+                    f"call {d.call_id} is described by a CDR",
+                    etype,
+                    st.account,
+                )
+        call = st.calls[d.call_id] = Call(call_id=d.call_id, first_seen=to_ms(ev.time))
+        self._fill(call, st.account, d, to_ms(d.started_at), ev.source, ev.id, cal)
+        call.described_by = "cdr"
+        call.answer = None if d.answered_at is None else to_ms(d.answered_at)
+        call.end = to_ms(d.ended_at)
+        self._settle_call(st, call)
+        return "accepted"
+
+    def _settle_call(self, st: AccountState, call: Call) -> None:
+        """Recompute a started call's derived state and re-apply its contribution."""
+        assert call.start is not None
+        self._retract(st, call)
+        maxd = self.config.max_call_duration_ms
+        if call.end is None:
+            call.timed_out = st.watermark >= call.start + maxd
+            if not call.timed_out:
+                heapq.heappush(st.timeouts, (call.start + maxd, call.call_id))
+        else:
+            call.timed_out = call.end - call.start > maxd
+        self._contribute(st, call, 1)
+        call.contributes = True
+        self._dirty_calls.setdefault(st.account, set()).add(call.call_id)
+        st.dirty_calls = True
+
+    def _retract(self, st: AccountState, call: Call) -> None:
+        if call.contributes:
+            self._contribute(st, call, -1)
+            call.contributes = False
+            st.dirty_calls = True
+
+    def effective_end(self, call: Call) -> int:
+        assert call.start is not None
+        limit = call.start + self.config.max_call_duration_ms
+        return call.end if call.end is not None and call.end <= limit else limit
+
+    def billable_ms(self, call: Call) -> int:
+        """end - answer for answered, non-blocked calls with a known or timed-out end."""
+        if call.blocked or call.answer is None or (call.end is None and not call.timed_out):
+            return 0
+        return max(0, self.effective_end(call) - call.answer)
+
+    def _contribute(self, st: AccountState, call: Call, sign: int) -> None:
+        c = self._cycle(st, call.cycle)
+        c.attempts += sign
+        if call.blocked:
+            c.blocked += sign
+            return
+        user = call.user
+        if user is not None:
+            c.user_calls[user] = c.user_calls.get(user, 0) + sign
+        c.group_calls[call.group] = c.group_calls.get(call.group, 0) + sign
+        if call.over:
+            c.over_capacity += sign
+        if call.timed_out:
+            c.timed_out += sign
+        outbound = call.direction == "outbound"
+        if outbound:
+            c.out_attempts += sign
+        if call.answer is None:
+            return
+        c.answered += sign
+        if outbound:
+            c.out_answered += sign
+        bms = self.billable_ms(call)
+        minutes = -(-bms // 60_000)
+        if not bms:
+            return
+        rc = call.route_class
+        c.minutes[rc] = c.minutes.get(rc, 0) + sign * minutes
+        if outbound:
+            c.out_answer_ms += sign * bms
+            if call.carrier_class == "rboc":
+                c.rboc += sign * minutes
+            elif call.carrier_class == "itoc":
+                c.itoc += sign * minutes
+            if rc == "domestic_ld":
+                c.out_dld += sign * minutes
+                if call.region in ("AK", "HI"):
+                    c.out_dld_akhi += sign * minutes
+        if rc == "toll_free":
+            c.toll_free += sign * minutes
+        if user is not None and rc in ("local", "domestic_ld"):
+            c.user_minutes[user] = c.user_minutes.get(user, 0) + sign * minutes
+        if rc == "local":
+            areas = c.lca.setdefault(call.group, {})
+            area = call.lca or "unknown"
+            areas[area] = areas.get(area, 0) + sign * minutes
+
+    # ----------------------------------------------------------------- messaging
+    def _message(
+        self, st: AccountState, ev: MessageSent | MessageReceived, t: int, cal: Calendar
+    ) -> None:
+        d = ev.data
+        family = FAMILY[d.channel]
+        inter = self._conversation_item(st, family, d.business_address, d.remote_address, t, cal)
+        c = self._cycle(st, cal.cycle_of(t))
+        c.messages += 1
+        c.segments += d.segments
+        self._batch.facts.append(
+            MessageFact(
+                account=st.account,
+                source=ev.source,
+                id=ev.id,
+                message_id=d.message_id,
+                cycle=cal.cycle_of(t),
+                time=t,
+                direction="sent" if isinstance(ev, MessageSent) else "received",
+                channel=d.channel,
+                business_address=d.business_address,
+                remote_address=d.remote_address,
+                segments=d.segments,
+                interaction_id=inter.id,
+            )
+        )
+
+    def _conversation_item(
+        self, st: AccountState, family: str, business: str, remote: str, t: int, cal: Calendar
+    ) -> Interaction:
+        """Place one item in its conversation's Interactions (SPEC section 4)."""
+        key = f"{family}\x1f{business}\x1f{remote}"
+        chain = st.conversations.get(key)
+        if chain is None:
+            chain = st.conversations[key] = []
+        # the last interaction whose origin <= t
+        pos = len(chain) - 1
+        while pos >= 0 and chain[pos].origin > t:
+            pos -= 1
+        if pos >= 0 and t < chain[pos].deadline:
+            inter = chain[pos]
+            inter.items += 1
+            inter.last_item = max(inter.last_item, t)
+            self._touch_interaction(st, inter)
+            return inter
+        nxt = chain[pos + 1] if pos + 1 < len(chain) else None
+        deadline = cal.deadline(t)
+        if nxt is not None and nxt.last_item < deadline and not nxt.closed:
+            # a late item earlier than the next interaction's origin becomes its origin
+            self._drop_interaction(st, nxt)
+            moved = Interaction(
+                id=_id(st.account, key, t),
+                channel=family,
+                business=business,
+                remote=remote,
+                origin=t,
+                deadline=deadline,
+                items=nxt.items + 1,
+                last_item=nxt.last_item,
+                cycle=cal.cycle_of(t),
+            )
+            chain[pos + 1] = moved
+            self._open_interaction(st, key, moved)
+            return moved
+        inter = Interaction(
+            id=_id(st.account, key, t),
+            channel=family,
+            business=business,
+            remote=remote,
+            origin=t,
+            deadline=deadline,
+            items=1,
+            last_item=t,
+            cycle=cal.cycle_of(t),
+        )
+        chain.insert(pos + 1, inter)
+        self._open_interaction(st, key, inter)
+        return inter
+
+    def _open_interaction(self, st: AccountState, key: str, inter: Interaction) -> None:
+        c = self._cycle(st, inter.cycle)
+        c.interactions[inter.channel] = c.interactions.get(inter.channel, 0) + 1
+        heapq.heappush(
+            st.expiries,
+            (inter.deadline + self.config.allowed_lateness_ms, _CLOSE, f"{key}\x1e{inter.id}"),
+        )
+        self._touch_interaction(st, inter)
+        self._emit(
+            st.account,
+            "metering.interactions",
+            "interaction.opened",
+            inter.origin,
+            _interaction_data(inter),
+            inter.id,
+            0,
+        )
+
+    def _drop_interaction(self, st: AccountState, inter: Interaction) -> None:
+        c = self._cycle(st, inter.cycle)
+        c.interactions[inter.channel] -= 1
+        inter.closed = True
+        self._batch.facts.append(_interaction_fact(st.account, inter, deleted=True))
+        self._dirty_inter.get(st.account, {}).pop(inter.id, None)
+        self._emit(
+            st.account,
+            "metering.interactions",
+            "interaction.closed",
+            inter.origin,
+            {**_interaction_data(inter), "items": inter.items, "reason": "merged"},
+            inter.id,
+            1,
+        )
+
+    def _touch_interaction(self, st: AccountState, inter: Interaction) -> None:
+        self._dirty_inter.setdefault(st.account, {})[inter.id] = inter
+
+    def _standalone_interaction(
+        self, st: AccountState, channel: str, exec_id: str, t: int, cal: Calendar
+    ) -> None:
+        inter = Interaction(
+            id=_id(st.account, "execution", exec_id),
+            channel=channel,
+            business=None,
+            remote=None,
+            origin=t,
+            deadline=t,
+            items=1,
+            last_item=t,
+            cycle=cal.cycle_of(t),
+            closed=True,
+        )
+        c = self._cycle(st, inter.cycle)
+        c.interactions[channel] = c.interactions.get(channel, 0) + 1
+        self._touch_interaction(st, inter)
+        data = _interaction_data(inter)
+        self._emit(st.account, "metering.interactions", "interaction.opened", t, data, inter.id, 0)
+        self._emit(
+            st.account,
+            "metering.interactions",
+            "interaction.closed",
+            t,
+            {**data, "items": 1, "reason": "deadline"},
+            inter.id,
+            1,
+        )
+
+    # ----------------------------------------------------------------- smartflows
+    def _smartflow(self, st: AccountState, ev: SmartflowTriggered, t: int, cal: Calendar) -> None:
+        d = ev.data
+        cycle = cal.cycle_of(t)
+        ex = Execution(id=d.execution_id, flow_id=d.flow_id, channel=d.channel, time=t, cycle=cycle)
+        c = self._cycle(st, cycle)
+        c.executions += 1
+        pending = st.pending_nlp.pop(d.execution_id, None)
+        if pending is not None:
+            ex.nlp_uses = len(pending.raws)
+            c.nlp_executions += 1
+        if d.execution_id not in st.executions:
+            st.executions[d.execution_id] = ex
+            heapq.heappush(st.expiries, (t + self.config.dedupe_horizon_ms, _EXEC, d.execution_id))
+        self._dirty_exec.setdefault(st.account, set()).add(d.execution_id)
+        if d.channel in FAMILY:
+            assert d.business_address is not None and d.remote_address is not None
+            self._conversation_item(
+                st, FAMILY[d.channel], d.business_address, d.remote_address, t, cal
+            )
+        else:
+            self._standalone_interaction(st, d.channel, d.execution_id, t, cal)
+
+    def _nlp(self, st: AccountState, ev: NlpUsed, t: int, raw: bytes) -> None:
+        eid = ev.data.execution_id
+        ex = st.executions.get(eid)
+        if ex is None:
+            pending = st.pending_nlp.get(eid)
+            if pending is None:
+                st.pending_nlp[eid] = PendingNlp(time=t, raws=[raw])
+                heapq.heappush(st.expiries, (t + self.config.dedupe_horizon_ms, _NLP, eid))
+            else:
+                pending.raws.append(raw)
+            return
+        ex.nlp_uses += 1
+        if ex.nlp_uses == 1:
+            self._cycle(st, ex.cycle).nlp_executions += 1
+        self._dirty_exec.setdefault(st.account, set()).add(eid)
+
+    # ----------------------------------------------------------------- drain
+    def drain(self) -> Batch:
+        """Finish pending work for every account touched since the last drain."""
+        for account in sorted(self._dirty):
+            self._drain_account(self._states[account])
+        self._dirty.clear()
+        batch, self._batch = self._batch, Batch()
+        return batch
+
+    def _drain_account(self, st: AccountState) -> None:
+        cfg = self.config_of(st.account)
+        cal = calendar_for(cfg.timezone)
+        self._expire(st)
+        self._timeouts(st)
+        if st.dirty_calls or st.settled_to is None or self._frontier(st) > st.settled_to:
+            self._concurrency(st, cfg, cal)
+            st.dirty_calls = False
+        facts = self._batch.facts
+        for cid in sorted(self._dirty_calls.pop(st.account, ())):
+            call = st.calls.get(cid)
+            if call is not None and call.start is not None:
+                facts.append(self._call_fact(st.account, call))
+        for inter in self._dirty_inter.pop(st.account, {}).values():
+            facts.append(_interaction_fact(st.account, inter))
+        for eid in sorted(self._dirty_exec.pop(st.account, ())):
+            ex = st.executions.get(eid)
+            if ex is not None:
+                facts.append(
+                    ExecutionFact(
+                        account=st.account,
+                        execution_id=ex.id,
+                        flow_id=ex.flow_id,
+                        channel=ex.channel,
+                        cycle=ex.cycle,
+                        time=ex.time,
+                        nlp_uses=ex.nlp_uses,
+                    )
+                )
+        for cycle in sorted(self._dirty_cycles.pop(st.account, ())):
+            self._publish_cycle(st, cfg, cycle, st.cycles[cycle])
+
+    def _frontier(self, st: AccountState) -> int:
+        f = st.watermark - self.config.settle_ms
+        return f - f % MINUTE_MS
+
+    def _expire(self, st: AccountState) -> None:
+        w = st.watermark
+        exp = st.expiries
+        while exp and exp[0][0] <= w:
+            _, kind, key = heapq.heappop(exp)
+            if kind == _DEDUPE:
+                st.seen.pop(key, None)
+            elif kind == _SHELL:
+                call = st.calls.get(key)
+                if call is not None and call.start is None:
+                    del st.calls[key]
+                    for etype, raw in call.shell_raws:
+                        self._reject(
+                            raw,
+                            "orphan",
+                            f"call {key} never started within max_call_duration "
+                            "plus the allowed lateness",
+                            etype,
+                            st.account,
+                        )
+            elif kind == _NLP:
+                pending = st.pending_nlp.pop(key, None)
+                if pending is not None:
+                    for raw in pending.raws:
+                        self._reject(
+                            raw,
+                            "orphan",
+                            f"execution {key} was never triggered within the dedupe horizon",
+                            "nlp.used",
+                            st.account,
+                        )
+            elif kind == _EXEC:
+                st.executions.pop(key, None)
+            elif kind == _CLOSE:
+                conv, iid = key.split("\x1e")
+                chain = st.conversations.get(conv)
+                if not chain:
+                    continue
+                for inter in chain:
+                    if inter.id == iid and not inter.closed:
+                        inter.closed = True
+                        self._touch_interaction(st, inter)
+                        self._emit(
+                            st.account,
+                            "metering.interactions",
+                            "interaction.closed",
+                            inter.deadline,
+                            {
+                                **_interaction_data(inter),
+                                "items": inter.items,
+                                "reason": "deadline",
+                            },
+                            inter.id,
+                            1,
+                        )
+                while chain and chain[0].closed:
+                    chain.pop(0)
+                if not chain:
+                    del st.conversations[conv]
+
+    def close_idle(self, now_ms: int) -> None:
+        """Close interactions whose deadline + allowed lateness has passed on the wall clock
+        (for accounts whose events stopped, so their watermark no longer moves)."""
+        late = self.config.allowed_lateness_ms
+        for st in self._states.values():
+            for chain in st.conversations.values():
+                for inter in chain:
+                    if not inter.closed and inter.deadline + late <= now_ms:
+                        inter.closed = True
+                        self._touch_interaction(st, inter)
+                        self._dirty.add(st.account)
+                        self._emit(
+                            st.account,
+                            "metering.interactions",
+                            "interaction.closed",
+                            inter.deadline,
+                            {
+                                **_interaction_data(inter),
+                                "items": inter.items,
+                                "reason": "wall_clock",
+                            },
+                            inter.id,
+                            1,
+                        )
+
+    def _timeouts(self, st: AccountState) -> None:
+        maxd = self.config.max_call_duration_ms
+        while st.timeouts and st.timeouts[0][0] <= st.watermark:
+            _, cid = heapq.heappop(st.timeouts)
+            call = st.calls.get(cid)
+            if (
+                call is not None
+                and call.start is not None
+                and call.end is None
+                and not call.timed_out
+                and call.start + maxd <= st.watermark
+            ):
+                self._settle_call(st, call)
+
+    # ----------------------------------------------------------------- concurrency
+    def _intervals(self, st: AccountState) -> list[Interval]:
+        out = []
+        for call in st.calls.values():
+            if call.start is None or call.blocked:
+                continue
+            out.append(
+                Interval(
+                    call.start,
+                    self.effective_end(call),
+                    (call.key_src, call.key_id),
+                    call.group,
+                    call.user,
+                    call.call_id,
+                )
+            )
+        return out
+
+    def _concurrency(self, st: AccountState, cfg: AccountConfig, cal: Calendar) -> None:
+        intervals = self._intervals(st)
+        starts = sorted(c.start for c in st.calls.values() if c.start is not None)
+        target = self._frontier(st)
+        if st.settled_to is None:
+            first = min((iv.start for iv in intervals), default=target)
+            if starts:
+                first = min(first, starts[0])
+            first = min(first, target)
+            st.settled_to = first - first % MINUTE_MS
+        minutes_until = st.watermark + 1
+        if target > st.settled_to:
+            done = sweep(
+                intervals, st.settled_to, target, cal.cycle_of, cal.next_cycle_start, minutes_until
+            )
+            cps = cps_max(starts, st.settled_to, target, cal.cycle_of)
+            self._apply_flags(st, cfg, done.occupied_at_start)
+            for cycle, peaks in done.cycles.items():
+                cs = self._cycle(st, cycle)
+                cs.settled = _to_peaks(merge_range(_from_peaks(cs.settled), peaks))
+            for cycle, n in cps.items():
+                cs = self._cycle(st, cycle)
+                cs.settled.cps = max(cs.settled.cps, n)
+            self._publish_minutes(st, cfg, done.minutes, st.settled_to, target, final=True)
+            st.settled_to = target
+            self._evict_calls(st, target)
+        live = sweep(
+            intervals, st.settled_to, FAR, cal.cycle_of, cal.next_cycle_start, minutes_until
+        )
+        cps_live = cps_max(starts, st.settled_to, FAR, cal.cycle_of)
+        self._apply_flags(st, cfg, live.occupied_at_start)
+        for cycle, cs in st.cycles.items():
+            peaks = live.cycles.get(cycle)
+            new_live = _to_peaks(peaks) if peaks is not None else Peaks()
+            new_live.cps = cps_live.get(cycle, 0)
+            if new_live != cs.live:
+                cs.live = new_live
+                self._dirty_cycles.setdefault(st.account, set()).add(cycle)
+        for cycle in live.cycles.keys() - st.cycles.keys():
+            cs = self._cycle(st, cycle)
+            cs.live = _to_peaks(live.cycles[cycle])
+            cs.live.cps = cps_live.get(cycle, 0)
+        self._publish_minutes(st, cfg, live.minutes, st.settled_to, minutes_until, final=False)
+
+    def _apply_flags(self, st: AccountState, cfg: AccountConfig, occupied: dict[str, int]) -> None:
+        for cid, occ in occupied.items():
+            call = st.calls[cid]
+            cap = cfg.capacity_of(call.group)
+            over = cap is not None and occ >= cap
+            if call.over != over:
+                self._retract(st, call)
+                call.over = over
+                self._contribute(st, call, 1)
+                call.contributes = True
+                self._dirty_calls.setdefault(st.account, set()).add(cid)
+            if over and not call.exceeded_sent:
+                call.exceeded_sent = True
+                assert call.start is not None
+                self._emit(
+                    st.account,
+                    "metering.concurrency",
+                    "capacity.exceeded",
+                    call.start,
+                    {
+                        "trunk_group": call.group,
+                        "call_id": cid,
+                        "at": ms_to_rfc3339(call.start),
+                        "occupied": occ,
+                        "capacity": cap,
+                        "cycle": call.cycle,
+                    },
+                    cid,
+                    0,
+                )
+
+    def _evict_calls(self, st: AccountState, frontier: int) -> None:
+        maxd = self.config.max_call_duration_ms
+        dirty = self._dirty_calls.get(st.account, set())
+        for cid in [
+            cid
+            for cid, c in st.calls.items()
+            if c.start is not None
+            and c.start < frontier - 1000
+            and (c.end is not None or c.start + maxd <= st.watermark)
+            and (c.blocked or self.effective_end(c) <= frontier)
+        ]:
+            call = st.calls.pop(cid)
+            if cid in dirty:
+                dirty.discard(cid)
+                self._batch.facts.append(self._call_fact(st.account, call))
+
+    def _publish_minutes(
+        self,
+        st: AccountState,
+        cfg: AccountConfig,
+        minutes: dict[tuple[str, int], int],
+        lo: int,
+        hi: int,
+        final: bool,
+    ) -> None:
+        sent = st.sent_minutes
+        facts = self._batch.facts
+        fresh: dict[str, int] = {}
+        for (group, minute), peak in minutes.items():
+            key = f"{group}\x1f{minute}"
+            fresh[key] = peak
+            if sent.get(key) != peak:
+                facts.append(
+                    MinutePeakFact(
+                        account=st.account,
+                        trunk_group=group,
+                        minute=minute,
+                        peak=peak,
+                        capacity=cfg.capacity_of(group),
+                    )
+                )
+        for key in [
+            k
+            for k, v in sent.items()
+            if k not in fresh and v and lo <= int(k.rsplit("\x1f", 1)[1]) < hi
+        ]:
+            group, minute = key.rsplit("\x1f", 1)
+            facts.append(
+                MinutePeakFact(
+                    account=st.account,
+                    trunk_group=group,
+                    minute=int(minute),
+                    peak=0,
+                    capacity=cfg.capacity_of(group),
+                )
+            )
+            fresh[key] = 0
+        if final:
+            for key in [k for k in sent if int(k.rsplit("\x1f", 1)[1]) < hi]:
+                del sent[key]
+        else:
+            sent.update(fresh)
+
+    # ----------------------------------------------------------------- fair use
+    def counters(self, cfg: AccountConfig, cs: CycleState) -> dict[tuple[str, str], Counter]:
+        """Every (rule, scope) of the account's presets with its counters (SPEC 6 and 9)."""
+        out: dict[tuple[str, str], Counter] = {}
+        peaks = _effective(cs)
+        users = sorted(u for u, n in cs.user_calls.items() if n > 0)
+        groups = sorted(
+            g for g, n in cs.group_calls.items() if n > 0 and cfg.group(g).bundle == "call_path"
+        )
+        for rule in rules_for(cfg.policies):
+            if rule == "minutes_per_user":
+                for u in users:
+                    out[(rule, f"user:{u}")] = Counter(cs.user_minutes.get(u, 0))
+            elif rule == "bundle_sharing":
+                for u in users:
+                    out[(rule, f"user:{u}")] = Counter(peaks.users.get(u, 0))
+            elif rule == "local_calling_area":
+                for g in groups:
+                    areas = cs.lca.get(g, {})
+                    out[(rule, f"trunk_group:{g}")] = Counter(
+                        max(areas.values(), default=0), sum(areas.values())
+                    )
+            elif rule == "rboc_mix":
+                out[(rule, "account")] = Counter(cs.rboc, cs.rboc + cs.itoc)
+            elif rule == "call_completion":
+                out[(rule, "account")] = Counter(cs.out_answered, cs.out_attempts, cs.out_answer_ms)
+            elif rule == "alaska_hawaii_share":
+                out[(rule, "account")] = Counter(cs.out_dld_akhi, cs.out_dld)
+            elif rule == "toll_free_share":
+                out[(rule, "account")] = Counter(cs.toll_free, sum(cs.minutes.values()))
+            elif rule == "nlp_share":
+                out[(rule, "account")] = Counter(cs.nlp_executions, cs.executions)
+            elif rule == "calls_per_second":
+                out[(rule, "account")] = Counter(peaks.cps)
+        return out
+
+    def _publish_cycle(
+        self, st: AccountState, cfg: AccountConfig, cycle: str, cs: CycleState
+    ) -> None:
+        account_minutes = sum(cs.minutes.values())
+        facts = self._batch.facts
+        for (rule, scope), c in self.counters(cfg, cs).items():
+            key = f"{rule}\x1f{scope}"
+            ev = evaluate(rule, c.num, c.den, c.aux, account_minutes)
+            charge = f"{ev.charge:.2f}"
+            sent = (c.num, c.den, c.aux, charge)
+            if cs.sent_counters.get(key) == sent:
+                continue
+            cs.sent_counters[key] = sent
+            facts.append(
+                FairUseFact(
+                    account=st.account,
+                    cycle=cycle,
+                    rule=rule,
+                    scope=scope,
+                    num=c.num,
+                    den=c.den,
+                    aux=c.aux,
+                    value=float(ev.display_value()),
+                    threshold=float(threshold_value(rule)),
+                    status=ev.status,
+                    charge_usd=charge,
+                )
+            )
+            flags = cs.sent_flags.get(key, 0)
+            data: dict[str, Any] = {
+                "rule": rule,
+                "scope": scope,
+                "cycle": cycle,
+                "value": ev.display_value(),
+                "threshold": threshold_value(rule),
+                "status": ev.status,
+                "charge_usd": charge,
+            }
+            if ev.acd_seconds is not None:
+                data["acd_seconds"] = round_ratio(ev.acd_seconds)
+            at = st.watermark
+            if ev.warned and not flags & FLAG_WARNED:
+                flags |= FLAG_WARNED
+                self._emit(
+                    st.account, "metering.fairuse", "fairuse.warning", at, data, f"{cycle}/{key}", 0
+                )
+            if ev.failing and not flags & FLAG_BREACHED:
+                flags |= FLAG_BREACHED
+                self._emit(
+                    st.account, "metering.fairuse", "fairuse.breach", at, data, f"{cycle}/{key}", 0
+                )
+            if ev.failing:
+                flags |= FLAG_FAILING
+            elif flags & FLAG_FAILING:
+                flags &= ~FLAG_FAILING
+                if rule in RATIO_RULES:
+                    self._emit(
+                        st.account,
+                        "metering.fairuse",
+                        "fairuse.cleared",
+                        at,
+                        data,
+                        f"{cycle}/{key}/{c.num}/{c.den}",
+                        0,
+                    )
+            cs.sent_flags[key] = flags
+        peaks = _effective(cs)
+        scopes: dict[str, tuple[int, int | None, int | None]] = {
+            "account": (peaks.account[0], peaks.account[1], None)
+        }
+        for g, (n, at_ms) in peaks.groups.items():
+            scopes[f"trunk_group:{g}"] = (n, at_ms, cfg.capacity_of(g))
+        for scope, (n, at_ms, cap) in sorted(scopes.items()):
+            if cs.sent_peaks.get(scope) == (n, at_ms):
+                continue
+            before = cs.sent_peaks.get(scope, (0, None))
+            cs.sent_peaks[scope] = (n, at_ms)
+            facts.append(
+                PeakFact(
+                    account=st.account,
+                    cycle=cycle,
+                    scope=scope,
+                    peak=n,
+                    peak_at=at_ms,
+                    capacity=cap,
+                )
+            )
+            if n != before[0] or at_ms != before[1]:
+                self._emit(
+                    st.account,
+                    "metering.concurrency",
+                    "concurrency.peak",
+                    at_ms if at_ms is not None else st.watermark,
+                    {
+                        "scope": scope,
+                        "cycle": cycle,
+                        "peak": n,
+                        "peak_at": None if at_ms is None else ms_to_rfc3339(at_ms),
+                        "capacity": cap,
+                    },
+                    f"{cycle}/{scope}/{n}/{at_ms}",
+                    0,
+                )
+
+    # ----------------------------------------------------------------- outputs
+    def _emit(
+        self,
+        account: str,
+        topic: str,
+        etype: str,
+        time: int,
+        data: dict[str, Any],
+        subject_id: str,
+        version: int,
+    ) -> None:
+        self._batch.outputs.append(
+            OutputEvent(
+                topic=topic,
+                account=account,
+                id=_id(account, etype, subject_id, version),
+                type=etype,
+                time=time,
+                data={**data, "version": version},
+            )
+        )
+
+    def _call_fact(self, account: str, call: Call) -> CallFact:
+        assert call.start is not None
+        bms = self.billable_ms(call)
+        final = call.end is not None or call.timed_out
+        return CallFact(
+            account=account,
+            call_id=call.call_id,
+            cycle=call.cycle,
+            trunk_group=call.trunk_group,
+            capacity_group=call.group,
+            direction=call.direction,
+            route_class=call.route_class,
+            user=call.user,
+            from_=call.from_,
+            to=call.to,
+            region=call.region,
+            carrier_class=call.carrier_class,
+            local_calling_area=call.lca,
+            blocked=call.blocked,
+            described_by=call.described_by,
+            started_at=call.start,
+            answered_at=call.answer,
+            ended_at=call.end,
+            end_at=self.effective_end(call) if final else None,
+            timed_out=call.timed_out and not call.blocked,
+            over_capacity=call.over,
+            billable_seconds=bms // 1000,
+            billable_minutes=-(-bms // 60_000),
+        )
+
+    # ----------------------------------------------------------------- statements
+    def statement_facts(self, account: str, cycle: str) -> StatementFacts | None:
+        """The in-memory statement figures (tests compare them with ClickHouse's)."""
+        st = self._states.get(account)
+        if st is None or cycle not in st.cycles:
+            return None
+        cfg = self.config_of(account)
+        cs = st.cycles[cycle]
+        peaks = _effective(cs)
+        return StatementFacts(
+            account=account,
+            cycle=cycle,
+            timezone=cfg.timezone,
+            policies=cfg.policies,
+            interactions={k: v for k, v in cs.interactions.items() if v},
+            messages=cs.messages,
+            segments=cs.segments,
+            attempts=cs.attempts,
+            answered=cs.answered,
+            blocked=cs.blocked,
+            timed_out=cs.timed_out,
+            over_capacity=cs.over_capacity,
+            minutes_by_route_class=dict(cs.minutes),
+            peak=peaks.account[0],
+            peak_at=peaks.account[1],
+            trunk_groups={
+                g: (n, at, cfg.capacity_of(g)) for g, (n, at) in peaks.groups.items() if n > 0
+            },
+            fair_use=self.counters(cfg, cs),
+        )
+
+    def cycles_of(self, account: str) -> list[str]:
+        st = self._states.get(account)
+        return sorted(st.cycles) if st is not None else []
+
+
+def _effective(cs: CycleState) -> Peaks:
+    merged = merge_range(_from_peaks(cs.settled), _from_peaks(cs.live))
+    out = _to_peaks(merged)
+    out.cps = max(cs.settled.cps, cs.live.cps)
+    return out
+
+
+def _from_peaks(p: Peaks) -> CyclePeaks:
+    return CyclePeaks(p.account, dict(p.groups), dict(p.users), p.cps)
+
+
+def _to_peaks(p: CyclePeaks) -> Peaks:
+    return Peaks(account=p.account, groups=dict(p.groups), users=dict(p.users), cps=p.cps)
+
+
+def _interaction_data(inter: Interaction) -> dict[str, Any]:
+    return {
+        "interaction_id": inter.id,
+        "channel": inter.channel,
+        "business_address": inter.business,
+        "remote_address": inter.remote,
+        "origin": ms_to_rfc3339(inter.origin),
+        "deadline": ms_to_rfc3339(inter.deadline),
+        "cycle": inter.cycle,
+    }
+
+
+def _interaction_fact(account: str, inter: Interaction, deleted: bool = False) -> InteractionFact:
+    return InteractionFact(
+        account=account,
+        interaction_id=inter.id,
+        cycle=inter.cycle,
+        channel=inter.channel,
+        business_address=inter.business,
+        remote_address=inter.remote,
+        origin=inter.origin,
+        deadline=inter.deadline,
+        items=inter.items,
+        closed=inter.closed,
+        deleted=deleted,
+    )
+
+
+def _account_fact(cfg: AccountConfig) -> AccountFact:
+    return AccountFact(
+        account=cfg.account,
+        timezone=cfg.timezone,
+        policies=list(cfg.policies),
+        trunk_groups={
+            tg: {"capacity": g.capacity, "bundle": g.bundle, "redundant_for": g.redundant_for}
+            for tg, g in cfg.data.trunk_groups.items()
+        },
+    )
+
+
+def iter_statement_facts(engine: Engine) -> Iterable[StatementFacts]:
+    for account in engine.accounts():
+        for cycle in engine.cycles_of(account):
+            f = engine.statement_facts(account, cycle)
+            if f is not None:
+                yield f
