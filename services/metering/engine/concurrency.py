@@ -71,10 +71,18 @@ def sweep(
     occ_acc = 0
     occ_grp: dict[str, int] = {}
     occ_usr: dict[str, int] = {}
-    # (time, kind, key, interval); kind 0 = end, 1 = start, so ends go first at a tie.
+    # (time, kind, key, interval); kind 0 = end, 1 = start, 2 = zero-length start. Ends go
+    # first at a tie; starts of both kinds in (source, id) order.
     events: list[tuple[int, int, tuple[str, str], Interval]] = []
     for iv in intervals:
-        if iv.end <= lo or iv.start >= hi or iv.end <= iv.start:
+        if iv.start >= hi:
+            continue
+        if iv.end <= iv.start:
+            # a zero-length call starts (and may be over capacity) but occupies nothing
+            if iv.start >= lo:
+                events.append((iv.start, 2, iv.key, iv))
+            continue
+        if iv.end <= lo:
             continue
         if iv.start < lo:
             occ_acc += 1
@@ -85,7 +93,7 @@ def sweep(
             events.append((iv.start, 1, iv.key, iv))
         if iv.end < hi:
             events.append((iv.end, 0, ("", ""), iv))
-    events.sort(key=lambda e: (e[0], e[1], e[2]))
+    events.sort(key=lambda e: (e[0], e[1] > 0, e[2]))
 
     cycles = res.cycles
     minutes = res.minutes
@@ -141,6 +149,9 @@ def sweep(
                     occ_usr[iv.user] -= 1
             else:
                 occupied[iv.call_id] = occ_grp.get(g, 0)
+                if kind == 2:
+                    i += 1
+                    continue
                 occ_acc += 1
                 occ_grp[g] = occ_grp.get(g, 0) + 1
                 if iv.user is not None:

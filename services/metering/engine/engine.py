@@ -60,6 +60,7 @@ from metering.engine.state import (
     Interaction,
     Peaks,
     PendingNlp,
+    Piece,
 )
 from metering.engine.statement import Counter, StatementFacts
 from metering.events.decode import Rejection, ms_to_rfc3339, to_ms
@@ -106,6 +107,9 @@ class Batch:
     facts: list[Fact] = field(default_factory=list)
     outputs: list[OutputEvent] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    #: how many of ``rejections`` are events accepted by an earlier ``process`` call
+    #: (orphans, lifecycle pieces displaced by a CDR)
+    retracted: int = 0
 
 
 def _id(*parts: object) -> str:
@@ -225,27 +229,62 @@ class Engine:
         self, st: AccountState, ev: CallStarted, t: int, raw: bytes, cal: Calendar
     ) -> Verdict:
         d = ev.data
-        call = st.calls.get(d.call_id)
-        if call is not None and call.start is not None:
-            self._reject(
-                raw,
-                "duplicate_call",
-                f"call {d.call_id} is already described by {call.described_by}",
-                event_type(ev),
-                st.account,
-            )
-            return "rejected"
-        if call is None:
-            call = st.calls[d.call_id] = Call(call_id=d.call_id, first_seen=t)
-        call.shell_raws = []
-        self._fill(call, st.account, d, t, ev.source, ev.id, cal)
-        call.described_by = "lifecycle"
+        call = self._call(st, d.call_id)
+        new = Piece(t, ev.source, ev.id, raw)
+        if call.started is not None:
+            if not self._contest(st, call.started, new, "call.started", d.call_id):
+                return "rejected"
+        elif call.cdr is not None:
+            # a lifecycle description beats a CDR (design.md)
+            if call.cdr.raw is None:
+                self._lose(st, new, "call.started", d.call_id, "a CDR that is already final")
+                return "rejected"
+            self._lose(st, call.cdr, "call.completed", d.call_id, "lifecycle events", retract=True)
+            call.cdr = None
+            call.cdr_times = None
+        call.started = new
+        self._fill(call, st.account, d, cal)
         self._settle_call(st, call)
         return "accepted"
 
-    def _fill(
-        self, call: Call, account: str, d: Any, start: int, src: str, eid: str, cal: Calendar
+    def _call(self, st: AccountState, call_id: str) -> Call:
+        call = st.calls.get(call_id)
+        if call is None:
+            call = st.calls[call_id] = Call(call_id=call_id)
+        return call
+
+    def _contest(
+        self, st: AccountState, incumbent: Piece, new: Piece, etype: str, call_id: str
+    ) -> bool:
+        """Two events of one kind for one call: the smaller (time, source, id) wins; the
+        loser is dead-lettered as ``duplicate_call``. True when the newcomer wins."""
+        if incumbent.raw is not None and new.key() < incumbent.key():
+            self._lose(st, incumbent, etype, call_id, "an earlier event", retract=True)
+            return True
+        self._lose(st, new, etype, call_id, "an earlier event")
+        return False
+
+    def _lose(
+        self,
+        st: AccountState,
+        piece: Piece,
+        etype: str,
+        call_id: str,
+        winner: str,
+        retract: bool = False,
     ) -> None:
+        assert piece.raw is not None
+        if retract:
+            self._batch.retracted += 1
+        self._reject(
+            piece.raw,
+            "duplicate_call",
+            f"call {call_id} is already described by {winner}",
+            etype,
+            st.account,
+        )
+
+    def _fill(self, call: Call, account: str, d: Any, cal: Calendar) -> None:
         cfg = self.config_of(account)
         call.trunk_group = d.trunk_group
         call.group = cfg.group(d.trunk_group).owner
@@ -258,45 +297,25 @@ class Engine:
         call.carrier_class = d.carrier_class
         call.lca = d.local_calling_area
         call.blocked = d.blocked
-        call.start = start
-        call.key_src = src
-        call.key_id = eid
-        call.cycle = cal.cycle_of(start)
 
     def _call_piece(
         self, st: AccountState, ev: CallAnswered | CallEnded, t: int, raw: bytes
     ) -> Verdict:
         cid = ev.data.call_id
-        call = st.calls.get(cid)
+        call = self._call(st, cid)
+        new = Piece(t, ev.source, ev.id, raw)
         answered = isinstance(ev, CallAnswered)
-        if call is None:
-            call = st.calls[cid] = Call(call_id=cid, first_seen=t)
-            heapq.heappush(
-                st.expiries,
-                (
-                    t + self.config.max_call_duration_ms + self.config.allowed_lateness_ms,
-                    _SHELL,
-                    cid,
-                ),
-            )
-        if call.described_by == "cdr" or (call.answer if answered else call.end) is not None:
-            self._reject(
-                raw,
-                "duplicate_call",
-                f"call {cid} already has {'an answer' if answered else 'an end'}"
-                if call.described_by != "cdr"
-                else f"call {cid} is described by a CDR",
-                event_type(ev),
-                st.account,
-            )
+        incumbent = call.answered if answered else call.ended
+        if incumbent is not None and not self._contest(st, incumbent, new, event_type(ev), cid):
             return "rejected"
-        self._retract(st, call)
         if answered:
-            call.answer = t
+            call.answered = new
         else:
-            call.end = t
-        if call.start is None:
-            call.shell_raws.append((event_type(ev), raw))
+            call.ended = new
+        if call.started is None:
+            # without a start (yet): an orphan, or a piece a CDR already describes
+            late = self.config.max_call_duration_ms + self.config.allowed_lateness_ms
+            heapq.heappush(st.expiries, (t + late, _SHELL, cid))
         else:
             self._settle_call(st, call)
         return "accepted"
@@ -305,37 +324,54 @@ class Engine:
         self, st: AccountState, ev: CallCompleted, raw: bytes, cal: Calendar
     ) -> Verdict:
         d = ev.data
-        call = st.calls.get(d.call_id)
-        if call is not None and call.start is not None:
-            self._reject(
-                raw,
-                "duplicate_call",
-                f"call {d.call_id} is already described by {call.described_by}",
-                event_type(ev),
-                st.account,
-            )
+        call = self._call(st, d.call_id)
+        new = Piece(to_ms(ev.time), ev.source, ev.id, raw)
+        if call.started is not None:
+            self._lose(st, new, "call.completed", d.call_id, "lifecycle events")
             return "rejected"
-        if call is not None:
-            for etype, piece in call.shell_raws:
-                self._reject(
-                    piece,
-                    "duplicate_call",
-                    f"call {d.call_id} is described by a CDR",
-                    etype,
-                    st.account,
-                )
-        call = st.calls[d.call_id] = Call(call_id=d.call_id, first_seen=to_ms(ev.time))
-        self._fill(call, st.account, d, to_ms(d.started_at), ev.source, ev.id, cal)
-        call.described_by = "cdr"
-        call.answer = None if d.answered_at is None else to_ms(d.answered_at)
-        call.end = to_ms(d.ended_at)
+        if call.cdr is not None and not self._contest(
+            st, call.cdr, new, "call.completed", d.call_id
+        ):
+            return "rejected"
+        call.cdr = new
+        call.cdr_times = (
+            to_ms(d.started_at),
+            None if d.answered_at is None else to_ms(d.answered_at),
+            to_ms(d.ended_at),
+        )
+        self._fill(call, st.account, d, cal)
         self._settle_call(st, call)
         return "accepted"
 
+    def _derive(self, call: Call, cal: Calendar) -> None:
+        """The times the rules use, from the winning description (degenerate times: an end
+        before the start is the start; an answer outside [start, effective end] is none)."""
+        if call.started is not None:
+            start = call.started.time
+            answer = None if call.answered is None else call.answered.time
+            end = None if call.ended is None else call.ended.time
+            call.described_by = "lifecycle"
+            call.key_src, call.key_id = call.started.src, call.started.id
+        else:
+            assert call.cdr is not None and call.cdr_times is not None
+            start, answer, end = call.cdr_times
+            call.described_by = "cdr"
+            call.key_src, call.key_id = call.cdr.src, call.cdr.id
+        if end is not None and end < start:
+            end = start
+        call.start, call.end = start, end
+        limit = start + self.config.max_call_duration_ms
+        eff_end = end if end is not None and end <= limit else limit
+        call.answer = answer if answer is not None and start <= answer <= eff_end else None
+        call.cycle = cal.cycle_of(start)
+        if call.blocked:
+            call.over = False
+
     def _settle_call(self, st: AccountState, call: Call) -> None:
-        """Recompute a started call's derived state and re-apply its contribution."""
-        assert call.start is not None
+        """Recompute a described call's derived state and re-apply its contribution."""
         self._retract(st, call)
+        self._derive(call, calendar_for(self.config_of(st.account).timezone))
+        assert call.start is not None
         maxd = self.config.max_call_duration_ms
         if call.end is None:
             call.timed_out = st.watermark >= call.start + maxd
@@ -561,18 +597,21 @@ class Engine:
     # ----------------------------------------------------------------- smartflows
     def _smartflow(self, st: AccountState, ev: SmartflowTriggered, t: int, cal: Calendar) -> None:
         d = ev.data
-        cycle = cal.cycle_of(t)
-        ex = Execution(id=d.execution_id, flow_id=d.flow_id, channel=d.channel, time=t, cycle=cycle)
-        c = self._cycle(st, cycle)
-        c.executions += 1
-        pending = st.pending_nlp.pop(d.execution_id, None)
-        if pending is not None:
-            ex.nlp_uses = len(pending.raws)
-            c.nlp_executions += 1
         if d.execution_id not in st.executions:
+            # an execution counts once, in the cycle of its trigger
+            cycle = cal.cycle_of(t)
+            ex = Execution(
+                id=d.execution_id, flow_id=d.flow_id, channel=d.channel, time=t, cycle=cycle
+            )
+            c = self._cycle(st, cycle)
+            c.executions += 1
+            pending = st.pending_nlp.pop(d.execution_id, None)
+            if pending is not None:
+                ex.nlp_uses = len(pending.raws)
+                c.nlp_executions += 1
             st.executions[d.execution_id] = ex
             heapq.heappush(st.expiries, (t + self.config.dedupe_horizon_ms, _EXEC, d.execution_id))
-        self._dirty_exec.setdefault(st.account, set()).add(d.execution_id)
+            self._dirty_exec.setdefault(st.account, set()).add(d.execution_id)
         if d.channel in FAMILY:
             assert d.business_address is not None and d.remote_address is not None
             self._conversation_item(
@@ -651,21 +690,41 @@ class Engine:
                 st.seen.pop(key, None)
             elif kind == _SHELL:
                 call = st.calls.get(key)
-                if call is not None and call.start is None:
-                    del st.calls[key]
-                    for etype, raw in call.shell_raws:
+                if call is None or call.started is not None:
+                    continue
+                pieces = [
+                    (n, p)
+                    for n, p in (("call.answered", call.answered), ("call.ended", call.ended))
+                    if p is not None
+                    and p.raw is not None
+                    and p.time + self.config.max_call_duration_ms + self.config.allowed_lateness_ms
+                    <= st.watermark
+                ]
+                for etype, piece in pieces:
+                    assert piece.raw is not None
+                    self._batch.retracted += 1
+                    if call.cdr is not None:
+                        self._lose(st, piece, etype, key, "a CDR")
+                    else:
                         self._reject(
-                            raw,
+                            piece.raw,
                             "orphan",
                             f"call {key} never started within max_call_duration "
                             "plus the allowed lateness",
                             etype,
                             st.account,
                         )
+                    if piece is call.answered:
+                        call.answered = None
+                    else:
+                        call.ended = None
+                if call.cdr is None and call.answered is None and call.ended is None:
+                    del st.calls[key]
             elif kind == _NLP:
                 pending = st.pending_nlp.pop(key, None)
                 if pending is not None:
                     for raw in pending.raws:
+                        self._batch.retracted += 1
                         self._reject(
                             raw,
                             "orphan",
@@ -1098,6 +1157,14 @@ class Engine:
         cfg = self.config_of(account)
         cs = st.cycles[cycle]
         peaks = _effective(cs)
+        if not (
+            cs.attempts
+            or cs.messages
+            or cs.executions
+            or any(cs.interactions.values())
+            or peaks.account[0]
+        ):
+            return None
         return StatementFacts(
             account=account,
             cycle=cycle,

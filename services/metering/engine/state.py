@@ -13,8 +13,29 @@ from __future__ import annotations
 from msgspec import Struct, field
 
 
+class Piece(Struct, array_like=True):
+    """One event that describes part of a call, with its sort key (time, source, id).
+
+    ``raw`` is kept while the call is in memory so that a piece that loses to a smaller
+    key later can still be dead-lettered with its original bytes."""
+
+    time: int
+    src: str
+    id: str
+    raw: bytes | None
+
+    def key(self) -> tuple[int, str, str]:
+        return (self.time, self.src, self.id)
+
+
 class Call(Struct, kw_only=True):
-    """One call. ``start`` None: only answered/ended seen so far (a "shell")."""
+    """One call and every event describing it.
+
+    ``started``/``answered``/``ended`` are the winning lifecycle events, ``cdr`` the winning
+    CDR (with its times in ``cdr_times``). A lifecycle ``started`` beats any CDR. The
+    derived ``start``/``answer``/``end`` are what the rules use; ``start`` None means only
+    answered/ended have been seen so far (a "shell").
+    """
 
     call_id: str
     trunk_group: str = ""
@@ -39,8 +60,11 @@ class Call(Struct, kw_only=True):
     timed_out: bool = False
     exceeded_sent: bool = False
     contributes: bool = False
-    shell_raws: list[tuple[str, bytes]] = field(default_factory=list)
-    first_seen: int = 0
+    started: Piece | None = None
+    answered: Piece | None = None
+    ended: Piece | None = None
+    cdr: Piece | None = None
+    cdr_times: tuple[int, int | None, int] | None = None
 
 
 class Interaction(Struct, kw_only=True):

@@ -1,0 +1,1 @@
+"""Realistic sample traffic (``metering simulate``): see :mod:`metering.simulate.generator`."""

@@ -1,0 +1,190 @@
+"""The ``metering`` command.
+
+Subcommands: ``simulate`` (sample traffic), ``replay`` (log -> engine -> ClickHouse),
+``statement`` (SPEC section 9 JSON from ClickHouse), ``demo`` (what ``make run`` does),
+``schemas`` (regenerate/check the JSON Schemas and AsyncAPI document).
+Errors are one clear line on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from metering.engine.accounts import AccountConfigError, AccountConfig, load_accounts
+from metering.engine.engine import EngineConfig
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        allowed_lateness_ms=int(args.allowed_lateness * 1000),
+        dedupe_horizon_ms=int(args.dedupe_horizon * 1000),
+        max_call_duration_ms=int(args.max_call_duration * 1000),
+    )
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("time rules (SPEC sections 2, 3 and 5)")
+    g.add_argument("--allowed-lateness", type=float, default=900, metavar="SECONDS",
+                   help="allowed lateness behind an account's watermark (default 900)")
+    g.add_argument("--dedupe-horizon", type=float, default=86_400, metavar="SECONDS",
+                   help="how long (source, id) pairs are remembered (default 86400)")
+    g.add_argument("--max-call-duration", type=float, default=14_400, metavar="SECONDS",
+                   help="calls longer than this time out (default 14400)")
+
+
+def _add_db_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--db", metavar="DIR", help="embedded ClickHouse (chDB) directory")
+    g.add_argument("--clickhouse-url", metavar="URL",
+                   default=os.environ.get("CLICKHOUSE_URL"),
+                   help="ClickHouse server URL, e.g. http://user:pass@host:8123/metering "
+                        "(default: $CLICKHOUSE_URL)")
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    from metering.storage.client import connect
+    from metering.storage.schema import migrate
+
+    if not args.db and not args.clickhouse_url:
+        raise CliError("give --db DIR (embedded ClickHouse) or --clickhouse-url URL")
+    client = connect(db_dir=args.db, url=None if args.db else args.clickhouse_url)
+    migrate(client)
+    return client
+
+
+def _accounts(path: str | None) -> dict[str, AccountConfig]:
+    if path is None:
+        return {}
+    try:
+        return load_accounts(path)
+    except AccountConfigError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from metering.replay.replay import progress_printer, replay
+    from metering.storage.sink import ClickHouseSink
+
+    accounts = _accounts(args.accounts)
+    client = _connect(args)
+    sink = ClickHouseSink(client)
+    try:
+        summary, _ = replay(args.events, accounts, sink, config=_engine_config(args),
+                            batch_size=args.batch_size,
+                            progress=None if args.quiet else progress_printer())
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from exc
+    print(summary.render())
+    return 0
+
+
+def cmd_statement(args: argparse.Namespace) -> int:
+    from metering.storage.reader import read_statement
+
+    _check_cycle(args.cycle)
+    client = _connect(args)
+    st = read_statement(client, args.account, args.cycle)
+    if st is None:
+        raise CliError(f"no usage for account {args.account!r} in cycle {args.cycle}")
+    print(json.dumps(st, indent=2 if args.pretty else None))
+    return 0
+
+
+def _check_cycle(cycle: str) -> None:
+    if len(cycle) != 7 or cycle[4] != "-" or not (cycle[:4] + cycle[5:]).isdigit() or not (
+        1 <= int(cycle[5:]) <= 12
+    ):
+        raise CliError(f"cycle must look like YYYY-MM, got {cycle!r}")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from metering.simulate.generator import main as simulate_main
+
+    return simulate_main(args.rest, prog="metering simulate")
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from metering.events.schemagen import main as schemas_main
+
+    return schemas_main(args.rest)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from metering.demo import run_demo
+
+    return run_demo(Path(args.workdir), events=args.events, days=args.days,
+                    accounts=args.accounts, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metering",
+        description="Usage metering: Interactions, call minutes, concurrency peaks and "
+                    "fair-use rules (see README.md).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("replay", help="replay a JSON-lines event log into ClickHouse")
+    p.add_argument("events", help="event log, one CloudEvent per line (plain or .gz)")
+    p.add_argument("--accounts", metavar="ACCOUNTS.yaml", help="account configuration")
+    p.add_argument("--batch-size", type=int, default=50_000,
+                   help="events between engine drains and sink flushes (default 50000)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_db_options(p)
+    _add_engine_options(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("statement", help="print an account's statement for a cycle (JSON)")
+    p.add_argument("--account", required=True)
+    p.add_argument("--cycle", required=True, metavar="YYYY-MM")
+    p.add_argument("--pretty", action="store_true", help="indent the JSON")
+    _add_db_options(p)
+    p.set_defaults(func=cmd_statement)
+
+    p = sub.add_parser("simulate", help="generate sample traffic (see --help)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("schemas", help="write or check schemas/ (JSON Schema, AsyncAPI)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_schemas)
+
+    p = sub.add_parser("demo", help="simulate, replay into embedded ClickHouse, print "
+                                    "statements (what `make run` does)")
+    p.add_argument("--workdir", default=".metering")
+    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--days", type=float, default=4)
+    p.add_argument("--accounts", type=int, default=6)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc: int = args.func(args)
+        return rc
+    except CliError as exc:
+        print(f"metering: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metering: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

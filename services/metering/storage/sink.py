@@ -1,0 +1,719 @@
+"""Buffered, idempotent writes of engine facts, output events and dead letters.
+
+Contract (tiny on purpose)::
+
+    sink = ClickHouseSink(client)
+    sink.add(fact_or_output_event)          # any Fact of engine/facts.py, or an OutputEvent
+    sink.add_dead_letter(rejection, topic=..., partition=..., offset=...)
+    stats = sink.flush()                    # FlushStats(rows per table, seconds)
+
+Buffers collapse by the fact's key (the last ``add`` wins), so a burst of updates to one
+call costs one row. Each table insert carries one ``version`` from a process-wide clock,
+``max(previous + 1, time.time_ns())``: strictly increasing, and later than anything an
+earlier process wrote (as long as the wall clock does not jump back), so the latest write
+always wins in the ``ReplacingMergeTree`` tables.
+
+Commit order of :meth:`ClickHouseSink.flush`:
+
+1. bookkeeping for the usage aggregates (only when calls, messages, interactions or
+   executions are buffered): the (account, minute, local day) buckets of the buffered
+   facts and the keys of buffered calls and interactions go to ``usage_dirty`` under a
+   fresh flush id; then every *stored* version of those calls/interactions adds its
+   bucket too (their start / origin may have moved: the old bucket must be recomputed);
+2. the fact tables, one insert each, in this order: ``accounts``, ``events_raw``,
+   ``calls``, ``messages``, ``interactions``, ``executions``, ``cycle_peaks``,
+   ``concurrency_minute``, ``fairuse_counters``, ``output_events``, ``dead_letters``;
+3. the usage aggregates ``usage_minute``, ``usage_hour``, ``usage_day``: for the dirty
+   buckets, ``INSERT ... SELECT`` from the fact tables (``FINAL``, non-deleted) as
+   version v2, then tombstones (``deleted = 1``) as version v1 < v2 for every stored
+   row of those buckets, so groups that disappeared end up deleted while regrouped ones
+   keep their fresh v2 row; then the flush's ``usage_dirty`` partition is dropped;
+4. the buffers are cleared and ``flush`` returns.
+
+The caller commits its Kafka offsets / state only after ``flush`` returns. A crash at any
+point leaves rows that a re-run (re-consuming from the last committed offsets) rewrites
+identically with higher versions, and the re-run recomputes the same buckets. One
+residual case: if the process dies between steps 2 and 3 and a background merge then
+collapses a call whose start moved (or an interaction whose origin moved) before the
+re-run, the *old* bucket is not found again; :func:`rebuild_usage` recomputes
+everything.
+
+Failures: ``flush`` raises :class:`SinkUnavailable` when the storage is unreachable or
+overloaded (connection errors, timeouts, too many parts ...); other errors propagate as
+they are. In both cases the buffers are kept, so calling ``flush`` again re-sends them.
+
+Local days: the daily aggregate buckets on the account's local calendar day, stored as
+``local_day`` on calls, messages, interactions and executions. The sink computes it with
+the account's time zone: from ``AccountFact`` s it was given, else from the ``accounts``
+table (looked up once per account), else UTC. A time zone change therefore applies to
+facts written after it (SPEC: configuration applies to events processed after it).
+
+Multiple sinks: versions stay ordered within a process; across processes they are
+wall-clock nanoseconds. Several processes may write to one server as long as each
+account is written by one process at a time (Kafka partitions by account).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from secrets import randbits
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+from metering.engine.facts import (
+    AccountFact,
+    CallFact,
+    ExecutionFact,
+    FairUseFact,
+    InteractionFact,
+    MessageFact,
+    MinutePeakFact,
+    OutputEvent,
+    PeakFact,
+    RawEventFact,
+)
+from metering.events.decode import Rejection
+from metering.storage.client import Client, StorageUnavailable, is_transient
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ClickHouseSink",
+    "FlushStats",
+    "SinkUnavailable",
+    "VersionClock",
+    "rebuild_usage",
+]
+
+INSERT_SETTINGS: dict[str, Any] = {
+    # Buffers are collapsed by key already; skip the per-block replacing merge on insert.
+    "optimize_on_insert": 0,
+}
+_DAY_MS = 86_400_000
+_TZ_WINDOW_MS = 900_000  # UTC offsets are cached per 15 minutes (checked at both ends)
+_LOOKUP_CHUNK = 1000
+
+
+class SinkUnavailable(StorageUnavailable):
+    """The storage cannot take the flush now; buffers are kept, retry ``flush`` later."""
+
+
+@dataclass(slots=True)
+class FlushStats:
+    """What one flush wrote: rows per fact table, dirty usage buckets, wall seconds."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    buckets: int = 0
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+
+class VersionClock:
+    """Strictly increasing UInt64 versions: ``max(previous + 1, time.time_ns())``."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            v = max(self._last + 1, time.time_ns())
+            self._last = v
+            return v
+
+
+CLOCK = VersionClock()
+"""The process-wide clock shared by all sinks (so one process never goes backwards)."""
+
+
+# --------------------------------------------------------------------------------------
+# Table layouts: how a buffered row becomes columns.
+
+ColumnFn = Callable[[Sequence[Any]], list[Any]]
+
+
+def _attr(name: str) -> ColumnFn:
+    def get(rows: Sequence[Any]) -> list[Any]:
+        return [getattr(r, name) for r in rows]
+
+    return get
+
+
+def _flag(name: str) -> ColumnFn:
+    def get(rows: Sequence[Any]) -> list[Any]:
+        return [1 if getattr(r, name) else 0 for r in rows]
+
+    return get
+
+
+def _json(name: str) -> ColumnFn:
+    def get(rows: Sequence[Any]) -> list[Any]:
+        return [orjson.dumps(getattr(r, name), option=orjson.OPT_SORT_KEYS).decode() for r in rows]
+
+    return get
+
+
+def _decimal(name: str) -> ColumnFn:
+    def get(rows: Sequence[Any]) -> list[Any]:
+        return [Decimal(getattr(r, name)) for r in rows]
+
+    return get
+
+
+def _plain(*names: str) -> list[tuple[str, ColumnFn]]:
+    return [(n, _attr(n)) for n in names]
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    name: str
+    key: Callable[[Any], Hashable]
+    columns: list[tuple[str, ColumnFn]]
+    day_of: str | None = None  # attribute whose local day goes to ``local_day``
+
+    @property
+    def column_names(self) -> list[str]:
+        names = [c for c, _ in self.columns]
+        if self.day_of is not None:
+            names.append("local_day")
+        return [*names, "version"]
+
+
+class _DeadLetter:
+    __slots__ = ("account", "detail", "event_type", "offset", "original", "partition",
+                 "reason", "received_seq", "topic")
+
+    def __init__(self, rej: Rejection, topic: str | None, partition: int | None,
+                 offset: int | None, seq: int) -> None:
+        self.topic = topic or ""
+        self.partition = -1 if partition is None else partition
+        self.offset = -1 if offset is None else offset
+        self.reason = rej.reason
+        self.detail = rej.detail
+        self.event_type = rej.event_type
+        self.account = rej.account
+        self.original = bytes(rej.raw)
+        self.received_seq = seq
+
+
+TABLES: dict[type, _Table] = {
+    AccountFact: _Table(
+        "accounts",
+        lambda f: f.account,
+        [*_plain("account", "timezone", "policies"), ("trunk_groups", _json("trunk_groups"))],
+    ),
+    RawEventFact: _Table(
+        "events_raw",
+        lambda f: (f.account, f.source, f.id),
+        _plain("account", "source", "id", "type", "time", "cycle", "topic", "payload"),
+    ),
+    CallFact: _Table(
+        "calls",
+        lambda f: (f.account, f.call_id),
+        [
+            *_plain(
+                "account", "call_id", "cycle", "trunk_group", "capacity_group", "direction",
+                "route_class", "user", "from_", "to", "region", "carrier_class",
+                "local_calling_area", "blocked", "described_by", "started_at", "answered_at",
+                "ended_at", "end_at", "timed_out", "over_capacity", "billable_seconds",
+                "billable_minutes",
+            ),
+            ("deleted", _flag("deleted")),
+        ],
+        day_of="started_at",
+    ),
+    MessageFact: _Table(
+        "messages",
+        lambda f: (f.account, f.source, f.id),
+        _plain(
+            "account", "source", "id", "message_id", "cycle", "time", "direction", "channel",
+            "business_address", "remote_address", "segments", "interaction_id",
+        ),
+        day_of="time",
+    ),
+    InteractionFact: _Table(
+        "interactions",
+        lambda f: (f.account, f.interaction_id),
+        [
+            *_plain(
+                "account", "interaction_id", "cycle", "channel", "business_address",
+                "remote_address", "origin", "deadline", "items", "closed",
+            ),
+            ("deleted", _flag("deleted")),
+        ],
+        day_of="origin",
+    ),
+    ExecutionFact: _Table(
+        "executions",
+        lambda f: (f.account, f.execution_id),
+        _plain("account", "execution_id", "flow_id", "channel", "cycle", "time", "nlp_uses"),
+        day_of="time",
+    ),
+    PeakFact: _Table(
+        "cycle_peaks",
+        lambda f: (f.account, f.cycle, f.scope),
+        _plain("account", "cycle", "scope", "peak", "peak_at", "capacity"),
+    ),
+    MinutePeakFact: _Table(
+        "concurrency_minute",
+        lambda f: (f.account, f.trunk_group, f.minute),
+        _plain("account", "trunk_group", "minute", "peak", "capacity"),
+    ),
+    FairUseFact: _Table(
+        "fairuse_counters",
+        lambda f: (f.account, f.cycle, f.rule, f.scope),
+        [
+            *_plain("account", "cycle", "rule", "scope", "num", "den", "aux", "value",
+                    "threshold", "status"),
+            ("charge_usd", _decimal("charge_usd")),
+        ],
+    ),
+    OutputEvent: _Table(
+        "output_events",
+        lambda f: (f.topic, f.id),
+        [*_plain("topic", "account", "id", "type", "time"), ("data", _json("data"))],
+    ),
+    _DeadLetter: _Table(
+        "dead_letters",
+        lambda d: (d.topic, d.partition, d.offset, d.original, d.reason),
+        _plain("topic", "partition", "offset", "reason", "detail", "event_type", "account",
+               "original", "received_seq"),
+    ),
+}
+
+FLUSH_ORDER: tuple[type, ...] = (
+    AccountFact,
+    RawEventFact,
+    CallFact,
+    MessageFact,
+    InteractionFact,
+    ExecutionFact,
+    PeakFact,
+    MinutePeakFact,
+    FairUseFact,
+    OutputEvent,
+    _DeadLetter,
+)
+assert set(FLUSH_ORDER) == set(TABLES)
+
+_USAGE_TYPES: tuple[type, ...] = (CallFact, MessageFact, InteractionFact, ExecutionFact)
+
+
+# --------------------------------------------------------------------------------------
+# Usage aggregates (SQL, shared by the sink and rebuild_usage).
+
+USAGE_TABLES: dict[str, str] = {"minute": "usage_minute", "hour": "usage_hour", "day": "usage_day"}
+USAGE_DIMS = ("account", "bucket", "kind", "channel", "direction", "route_class", "region",
+              "trunk_group", "user")
+USAGE_MEASURES = ("calls", "answered", "blocked", "timed_out", "over_capacity",
+                  "billable_minutes", "billable_seconds", "messages", "segments",
+                  "interactions", "executions", "nlp_executions")
+_ANSWERED = "answered_at IS NOT NULL AND NOT blocked"
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    table: str
+    time: str
+    kind: str
+    dims: tuple[str, str, str, str, str, str]  # channel, direction, route_class, region, tg, user
+    measures: dict[str, str]
+    where: str
+
+
+USAGE_SOURCES: tuple[_Source, ...] = (
+    _Source(
+        "calls", "started_at", "call",
+        ("'voice'", "direction", "route_class", "ifNull(region, '')", "trunk_group",
+         "ifNull(`user`, '')"),
+        {
+            "calls": "count()",
+            "answered": f"countIf({_ANSWERED})",
+            "blocked": "countIf(blocked)",
+            "timed_out": "countIf(timed_out AND NOT blocked)",
+            "over_capacity": "countIf(over_capacity AND NOT blocked)",
+            "billable_minutes": f"sumIf(billable_minutes, {_ANSWERED})",
+            "billable_seconds": f"sumIf(billable_seconds, {_ANSWERED})",
+        },
+        "deleted = 0",
+    ),
+    _Source(
+        "messages", "time", "message",
+        ("channel", "direction", "''", "''", "''", "''"),
+        {"messages": "count()", "segments": "sum(segments)"},
+        "1 = 1",
+    ),
+    _Source(
+        "interactions", "origin", "interaction",
+        ("channel", "''", "''", "''", "''", "''"),
+        {"interactions": "count()"},
+        "deleted = 0",
+    ),
+    _Source(
+        "executions", "time", "execution",
+        ("channel", "''", "''", "''", "''", "''"),
+        {"executions": "count()", "nlp_executions": "countIf(nlp_uses > 0)"},
+        "1 = 1",
+    ),
+)
+
+
+def _bucket_expr(gran: str, time_col: str) -> str:
+    if gran == "minute":
+        return f"toStartOfMinute({time_col})"
+    if gran == "hour":
+        return f"toStartOfHour({time_col})"
+    return "local_day"
+
+
+def _dirty_filter(gran: str, time_col: str, flush: int) -> str:
+    """Rows of a fact table falling into the flush's dirty buckets."""
+    sub = f"FROM usage_dirty WHERE flush = {flush}"
+    if gran == "minute":
+        cond = f"(account, toStartOfMinute({time_col})) IN (SELECT account, minute {sub})"
+    elif gran == "hour":
+        cond = f"(account, toStartOfHour({time_col})) IN (SELECT account, toStartOfHour(minute) {sub})"
+    else:
+        cond = f"(account, local_day) IN (SELECT account, day {sub})"
+    return f"account IN (SELECT account {sub}) AND {cond}"
+
+
+def _dirty_usage_filter(gran: str, flush: int) -> str:
+    """Stored usage rows of the flush's dirty buckets."""
+    sub = f"FROM usage_dirty WHERE flush = {flush}"
+    if gran == "minute":
+        cond = f"(account, bucket) IN (SELECT account, toDateTime64(minute, 3, 'UTC') {sub})"
+    elif gran == "hour":
+        cond = f"(account, bucket) IN (SELECT account, toDateTime64(toStartOfHour(minute), 3, 'UTC') {sub})"
+    else:
+        cond = f"(account, bucket) IN (SELECT account, day {sub})"
+    return f"account IN (SELECT account {sub}) AND {cond}"
+
+
+def usage_insert_sql(gran: str, version: int, source_filter: Callable[[str, _Source], str]) -> str:
+    """``INSERT INTO usage_<gran> SELECT`` the fresh aggregation of the selected facts."""
+    selects = []
+    for s in USAGE_SOURCES:
+        bucket = _bucket_expr(gran, s.time)
+        measures = [s.measures.get(m, "0") for m in USAGE_MEASURES]
+        group = ", ".join(["account", bucket, *(d for d in s.dims if not d.startswith("'"))])
+        exprs = ["account", bucket, f"'{s.kind}'", *s.dims, *measures, "0", str(version)]
+        # Positional aliases: UNION ALL needs matching names, and aliases must not shadow
+        # columns used in WHERE (ClickHouse resolves aliases first).
+        select = ", ".join(f"{e} AS c{i}" for i, e in enumerate(exprs))
+        selects.append(
+            f"SELECT {select} "
+            f"FROM {s.table} FINAL WHERE {s.where} AND {source_filter(gran, s)} GROUP BY {group}"
+        )
+    cols = ", ".join(f"`{c}`" for c in (*USAGE_DIMS, *USAGE_MEASURES, "deleted", "version"))
+    return f"INSERT INTO {USAGE_TABLES[gran]} ({cols}) " + " UNION ALL ".join(selects)
+
+
+def usage_tombstone_sql(gran: str, version: int, usage_filter: str) -> str:
+    """Tombstones for every live stored usage row matching ``usage_filter``."""
+    dims = ", ".join(f"`{c}`" for c in USAGE_DIMS)
+    zeros = ", ".join("0" for _ in USAGE_MEASURES)
+    cols = ", ".join(f"`{c}`" for c in (*USAGE_DIMS, *USAGE_MEASURES, "deleted", "version"))
+    table = USAGE_TABLES[gran]
+    return (
+        f"INSERT INTO {table} ({cols}) SELECT {dims}, {zeros}, 1, {version} "
+        f"FROM {table} FINAL WHERE deleted = 0 AND {usage_filter}"
+    )
+
+
+def _recompute(client: Client, source_filter: Callable[[str, _Source], str],
+               usage_filter: Callable[[str], str], clock: VersionClock) -> None:
+    for gran in USAGE_TABLES:
+        v_tomb = clock.next()
+        v_fresh = clock.next()
+        client.command(usage_insert_sql(gran, v_fresh, source_filter))
+        client.command(usage_tombstone_sql(gran, v_tomb, usage_filter(gran)))
+
+
+def rebuild_usage(client: Client, accounts: Iterable[str] | None = None,
+                  clock: VersionClock = CLOCK) -> None:
+    """Recompute every usage bucket (of ``accounts``, or of all accounts) from the facts.
+
+    For a bulk load written with ``ClickHouseSink(client, aggregate=False)``, or to repair
+    aggregates after the residual crash case described in the module docstring.
+    """
+    if accounts is None:
+        cond = "1 = 1"
+    else:
+        names = sorted(set(accounts))
+        if not names:
+            return
+        cond = "account IN (" + ", ".join(_sql_str(a) for a in names) + ")"
+    _recompute(client, lambda _g, _s: cond, lambda _g: cond, clock)
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# --------------------------------------------------------------------------------------
+# Local days.
+
+
+class _LocalDays:
+    """Epoch-ms → days since 1970-01-01 of the local calendar date in a time zone."""
+
+    def __init__(self) -> None:
+        self._zones: dict[str, ZoneInfo | None] = {}
+        self._offsets: dict[tuple[str, int], int] = {}
+
+    def _zone(self, tz: str) -> ZoneInfo | None:
+        if tz not in self._zones:
+            try:
+                self._zones[tz] = None if tz == "UTC" else ZoneInfo(tz)
+            except (ZoneInfoNotFoundError, ValueError):
+                log.warning("unknown time zone %r: local days computed in UTC", tz)
+                self._zones[tz] = None
+        return self._zones[tz]
+
+    @staticmethod
+    def _offset_ms(zone: ZoneInfo, ms: int) -> int:
+        off = datetime.fromtimestamp(ms // 1000, tz=UTC).astimezone(zone).utcoffset()
+        return 0 if off is None else int(off.total_seconds() * 1000)
+
+    def day(self, tz: str, ms: int) -> int:
+        zone = self._zone(tz)
+        if zone is None:
+            return ms // _DAY_MS
+        window = ms // _TZ_WINDOW_MS
+        off = self._offsets.get((tz, window))
+        if off is None:
+            lo = window * _TZ_WINDOW_MS
+            a = self._offset_ms(zone, lo)
+            if a == self._offset_ms(zone, lo + _TZ_WINDOW_MS - 1):
+                if len(self._offsets) > 500_000:
+                    self._offsets.clear()
+                self._offsets[(tz, window)] = a
+                off = a
+            else:
+                off = self._offset_ms(zone, ms)
+        return (ms + off) // _DAY_MS
+
+
+# --------------------------------------------------------------------------------------
+# The sink.
+
+
+class ClickHouseSink:
+    """Buffers facts/outputs/dead letters and writes them idempotently (see module doc).
+
+    ``aggregate=False`` skips the usage aggregates (bulk loads: call :func:`rebuild_usage`
+    once at the end instead). Not thread-safe: use one sink per thread.
+    """
+
+    def __init__(self, client: Client, *, aggregate: bool = True,
+                 clock: VersionClock = CLOCK) -> None:
+        self.client = client
+        self.aggregate = aggregate
+        self._clock = clock
+        self._buffers: dict[type, dict[Hashable, Any]] = {t: {} for t in FLUSH_ORDER}
+        self._contexts: dict[type, Any] = {}
+        self._timezones: dict[str, str] = {}
+        self._days = _LocalDays()
+        self._flush_id: int | None = None
+
+    # -- buffering ---------------------------------------------------------------------
+
+    def add(self, item: Any) -> None:
+        """Buffer a fact (any of engine/facts.py) or an OutputEvent; last one per key wins."""
+        t = type(item)
+        table = TABLES.get(t)
+        if table is None or t is _DeadLetter:
+            raise TypeError(f"ClickHouseSink.add() takes a fact or an OutputEvent, not {t.__name__}")
+        self._buffers[t][table.key(item)] = item
+        if t is AccountFact:
+            self._timezones[item.account] = item.timezone
+
+    def add_many(self, items: Iterable[Any]) -> None:
+        for item in items:
+            self.add(item)
+
+    def add_dead_letter(self, rejection: Rejection, topic: str | None = None,
+                        partition: int | None = None, offset: int | None = None) -> None:
+        """Buffer a dead letter; the same one added again (same position, or same bytes
+        and reason when the position is unknown) is stored once."""
+        dl = _DeadLetter(rejection, topic, partition, offset, self._clock.next())
+        key = TABLES[_DeadLetter].key(dl)
+        prev = self._buffers[_DeadLetter].get(key)
+        if prev is not None:
+            dl.received_seq = prev.received_seq
+        self._buffers[_DeadLetter][key] = dl
+
+    @property
+    def pending(self) -> int:
+        """Buffered rows (after collapsing by key)."""
+        return sum(len(b) for b in self._buffers.values())
+
+    # -- flushing ----------------------------------------------------------------------
+
+    def flush(self) -> FlushStats:
+        """Write everything buffered (commit order in the module docstring).
+
+        Raises :class:`SinkUnavailable` on connection-type failures; on any failure the
+        buffers are kept for the next call.
+        """
+        start = time.perf_counter()
+        if not self.pending:
+            return FlushStats(seconds=time.perf_counter() - start)
+        try:
+            stats = self._write()
+        except SinkUnavailable:
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                raise SinkUnavailable(f"ClickHouse unavailable, flush kept for retry: {exc}") from exc
+            raise
+        for buf in self._buffers.values():
+            buf.clear()
+        self._flush_id = None
+        stats.seconds = time.perf_counter() - start
+        return stats
+
+    def _write(self) -> FlushStats:
+        stats = FlushStats()
+        usage = self.aggregate and any(self._buffers[t] for t in _USAGE_TYPES)
+        days: dict[type, list[int]] = {}
+        if any(self._buffers[t] for t in _USAGE_TYPES):
+            self._load_timezones()
+            for t in _USAGE_TYPES:
+                attr = TABLES[t].day_of
+                assert attr is not None
+                tzs = self._timezones
+                day = self._days.day
+                days[t] = [
+                    day(tzs.get(r.account, "UTC"), getattr(r, attr))
+                    for r in self._buffers[t].values()
+                ]
+        flush_id = 0
+        if usage:
+            if self._flush_id is None:
+                self._flush_id = randbits(63)
+            flush_id = self._flush_id
+            stats.buckets = self._mark_dirty(flush_id, days)
+        for t in FLUSH_ORDER:
+            buf = self._buffers[t]
+            if not buf:
+                continue
+            rows = list(buf.values())
+            table = TABLES[t]
+            version = self._clock.next()
+            columns = [fn(rows) for _, fn in table.columns]
+            if table.day_of is not None:
+                columns.append(days[t])
+            columns.append([version] * len(rows))
+            self._insert(t, columns)
+            stats.rows[table.name] = len(rows)
+        if usage:
+            _recompute(
+                self.client,
+                lambda g, s: _dirty_filter(g, s.time, flush_id),
+                lambda g: _dirty_usage_filter(g, flush_id),
+                self._clock,
+            )
+            self.client.command(f"ALTER TABLE usage_dirty DROP PARTITION {flush_id}")
+        return stats
+
+    def _insert(self, t: type, columns: list[list[Any]]) -> None:
+        ctx = self._contexts.get(t)
+        if ctx is None:
+            table = TABLES[t]
+            ctx = self.client.create_insert_context(
+                table.name, column_names=table.column_names, settings=INSERT_SETTINGS
+            )
+            self._contexts[t] = ctx
+        ctx.column_oriented = True
+        ctx.data = columns
+        self.client.data_insert(ctx)
+
+    def _load_timezones(self) -> None:
+        missing = sorted(
+            {r.account for t in _USAGE_TYPES for r in self._buffers[t].values()}
+            - self._timezones.keys()
+        )
+        for i in range(0, len(missing), _LOOKUP_CHUNK):
+            chunk = missing[i : i + _LOOKUP_CHUNK]
+            rows = self.client.query(
+                "SELECT account, argMax(timezone, version) FROM accounts "
+                "WHERE account IN {a:Array(String)} GROUP BY account",
+                parameters={"a": chunk},
+            ).result_rows
+            found = {str(a): str(tz) for a, tz in rows}
+            for a in chunk:
+                self._timezones[a] = found.get(a) or "UTC"
+
+    def _mark_dirty(self, flush_id: int, days: dict[type, list[int]]) -> int:
+        """Step 1 of the commit order; returns the number of dirty (account, minute)."""
+        kinds: list[str] = []
+        accounts: list[str] = []
+        keys: list[str] = []
+        minutes: list[int] = []
+        day_col: list[int] = []
+        buckets: set[tuple[str, int, int]] = set()
+        keyed: tuple[tuple[type, str, str], ...] = (
+            (CallFact, "call", "call_id"),
+            (InteractionFact, "interaction", "interaction_id"),
+        )
+        for t, kind, key_attr in keyed:
+            attr = TABLES[t].day_of
+            assert attr is not None
+            for r, d in zip(self._buffers[t].values(), days[t], strict=True):
+                m = getattr(r, attr) // 60_000 * 60
+                kinds.append(kind)
+                accounts.append(r.account)
+                keys.append(getattr(r, key_attr))
+                minutes.append(m)
+                day_col.append(d)
+                buckets.add((r.account, m, d))
+        unkeyed: tuple[type, ...] = (MessageFact, ExecutionFact)
+        for t in unkeyed:
+            attr = TABLES[t].day_of
+            assert attr is not None
+            fresh = {
+                (r.account, getattr(r, attr) // 60_000 * 60, d)
+                for r, d in zip(self._buffers[t].values(), days[t], strict=True)
+            } - buckets
+            buckets |= fresh
+            for a, m, d in fresh:
+                kinds.append("bucket")
+                accounts.append(a)
+                keys.append("")
+                minutes.append(m)
+                day_col.append(d)
+        self.client.insert(
+            "usage_dirty",
+            [[flush_id] * len(kinds), kinds, accounts, keys, minutes, day_col],
+            column_names=["flush", "kind", "account", "key", "minute", "day"],
+            column_oriented=True,
+            settings=INSERT_SETTINGS,
+        )
+        sub = f"FROM usage_dirty WHERE flush = {flush_id} AND kind = '%s'"
+        for table, kind, key_col, time_col in (("calls", "call", "call_id", "started_at"),
+                                               ("interactions", "interaction",
+                                                "interaction_id", "origin")):
+            if not any(k == kind for k in kinds):
+                continue
+            s = sub % kind
+            # Every stored version (no FINAL): the bucket a key was in before this flush.
+            self.client.command(
+                "INSERT INTO usage_dirty (flush, kind, account, key, minute, day) "
+                f"SELECT {flush_id}, 'old', account, '', toStartOfMinute({time_col}), local_day "
+                f"FROM {table} WHERE account IN (SELECT account {s}) "
+                f"AND (account, {key_col}) IN (SELECT account, key {s})"
+            )
+        return len(buckets)

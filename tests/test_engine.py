@@ -1,0 +1,408 @@
+"""Engine rules, one test per SPEC edge case; expected figures are worked out by hand."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import pytest
+
+from helpers import (
+    at,
+    call_answered,
+    call_ended,
+    call_started,
+    cdr,
+    decode,
+    message,
+    nlp,
+    raw,
+    smartflow,
+)
+from metering.engine.accounts import parse_accounts
+from metering.engine.engine import Batch, Engine
+from metering.engine.state import AccountState
+from metering.engine.statement import render
+
+DENVER = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)  # local midnight, Nov 1 (MDT ends 08:00Z)
+
+
+def engine(accounts: dict[str, Any] | None = None) -> Engine:
+    return Engine(accounts=parse_accounts({"accounts": accounts or {}}))
+
+
+def feed(e: Engine, events: list[bytes]) -> Batch:
+    for b in events:
+        e.process(decode(b), b)
+    return e.drain()
+
+
+def statement(e: Engine, cycle: str = "2026-11", account: str = "acct-1") -> dict[str, Any]:
+    f = e.statement_facts(account, cycle)
+    assert f is not None, f"no statement for {account} {cycle}"
+    return render(f)
+
+
+def rule(st: dict[str, Any], name: str, scope: str = "account") -> dict[str, Any]:
+    (item,) = [r for r in st["fair_use"] if r["rule"] == name and r["scope"] == scope]
+    return item
+
+
+# ------------------------------------------------------------------ interactions
+def test_item_at_deadline_opens_new_interaction() -> None:
+    e = engine()
+    # UTC account: origin 2026-11-10 12:00 -> deadline 2026-11-12 00:00
+    feed(e, [
+        message("message.sent", "2026-11-10T12:00:00.000Z"),
+        message("message.received", "2026-11-11T23:59:59.999Z"),
+        message("message.sent", "2026-11-12T00:00:00.000Z"),
+    ])
+    st = statement(e)
+    assert st["interactions"]["by_channel"]["sms"] == 2
+    assert st["messages"] == {"total": 3, "segments": 3}
+
+
+def test_deadline_across_dst_change_is_24_absolute_hours() -> None:
+    e = engine({"acct-1": {"timezone": "America/Denver"}})
+    # origin Oct 31 local (MDT, -6): end of day = Nov 1 06:00Z, deadline = Nov 2 06:00Z,
+    # which is 23:00 local on Nov 1 (MST), not the next local midnight (Nov 2 07:00Z).
+    b = feed(e, [
+        message("message.sent", "2026-10-31T20:00:00.000Z"),
+        message("message.sent", "2026-11-02T05:59:59.999Z"),
+        message("message.sent", "2026-11-02T06:00:00.000Z"),
+    ])
+    opened = [o for o in b.outputs if o.type == "interaction.opened"]
+    assert [o.data["deadline"] for o in opened] == [
+        "2026-11-02T06:00:00.000Z",
+        "2026-11-03T07:00:00.000Z",  # origin is 23:00 local on Nov 1
+    ]
+    assert statement(e, "2026-10")["interactions"]["total"] == 1
+    assert statement(e, "2026-11")["interactions"]["total"] == 1
+
+
+def test_both_directions_and_mms_share_one_conversation() -> None:
+    e = engine()
+    feed(e, [
+        message("message.sent", at(0), channel="sms"),
+        message("message.received", at(1), channel="mms", segments=3),
+        message("message.sent", at(2), channel="whatsapp"),
+    ])
+    st = statement(e)
+    assert st["interactions"]["by_channel"] == {
+        "voice": 0, "sms": 1, "whatsapp": 1, "facebook": 0, "api": 0}
+    assert st["messages"]["segments"] == 5
+
+
+def test_late_item_becomes_origin_within_lateness() -> None:
+    e = engine()
+    # arrival order: 00:05 then 23:59 of the previous day (6 minutes late)
+    b = feed(e, [
+        message("message.sent", "2026-11-11T00:05:00.000Z"),
+        message("message.sent", "2026-11-10T23:59:00.000Z"),
+    ])
+    st = statement(e)
+    assert st["interactions"]["total"] == 1
+    closed = [o for o in b.outputs if o.type == "interaction.closed"]
+    assert [o.data["reason"] for o in closed] == ["merged"]
+    # the merged interaction's deadline follows the new origin's day
+    opened = [o for o in b.outputs if o.type == "interaction.opened"]
+    assert opened[-1].data["deadline"] == "2026-11-12T00:00:00.000Z"
+
+
+def test_voice_and_api_smartflows_are_interactions_by_themselves() -> None:
+    e = engine()
+    feed(e, [
+        smartflow("x1", at(0), channel="voice"),
+        smartflow("x2", at(0), channel="voice"),
+        smartflow("x3", at(1), channel="api"),
+        smartflow("x4", at(2), channel="sms", business="+1", remote="+2"),
+        message("message.sent", at(3), business="+1", remote="+2"),
+    ])
+    st = statement(e)
+    assert st["interactions"]["by_channel"] == {
+        "voice": 2, "sms": 1, "whatsapp": 0, "facebook": 0, "api": 1}
+    assert st["interactions"]["total"] == 4
+
+
+def test_interaction_closes_when_watermark_passes_deadline_plus_lateness() -> None:
+    e = engine()
+    b = feed(e, [message("message.sent", "2026-11-10T12:00:00.000Z")])
+    assert not [o for o in b.outputs if o.type == "interaction.closed"]
+    b = feed(e, [message("message.sent", "2026-11-12T00:14:59.999Z", remote="+9")])
+    assert not [o for o in b.outputs if o.type == "interaction.closed"]
+    b = feed(e, [message("message.sent", "2026-11-12T00:15:00.000Z", remote="+9")])
+    closed = [o for o in b.outputs if o.type == "interaction.closed"]
+    assert len(closed) == 1 and closed[0].data["reason"] == "deadline"
+
+
+# ------------------------------------------------------------------ calls
+def test_minutes_round_up_per_call_and_unanswered_have_none() -> None:
+    e = engine()
+    feed(e, [
+        call_started("c1", at(0)), call_answered("c1", at(0, 5)), call_ended("c1", at(1, 5)),
+        call_started("c2", at(0)), call_answered("c2", at(0, 5)), call_ended("c2", at(1, 6)),
+        call_started("c3", at(0)), call_ended("c3", at(0, 30)),
+    ])
+    v = statement(e)["voice"]
+    assert v["attempts"] == 3 and v["answered"] == 2
+    assert v["billable_minutes"] == 1 + 2
+    assert v["minutes_by_route_class"]["local"] == 3
+
+
+def test_call_ending_when_another_starts_does_not_overlap() -> None:
+    e = engine({"acct-1": {"trunk_groups": {"tg-1": {"capacity": 1}}}})
+    feed(e, [
+        call_started("c1", at(0)), call_ended("c1", at(5)),
+        call_started("c2", at(5)), call_ended("c2", at(9)),
+    ])
+    st = statement(e)
+    assert st["concurrency"]["peak"] == 1
+    assert st["concurrency"]["peak_at"] == at(0)
+    assert st["voice"]["over_capacity"] == 0
+
+
+def test_call_spanning_cycle_boundary_occupies_in_both_cycles() -> None:
+    e = engine({"acct-1": {"timezone": "America/Denver"}})
+    # Denver cycle 2026-11 starts 2026-11-01T06:00Z
+    feed(e, [
+        call_started("c1", "2026-11-01T05:50:00.000Z"),
+        call_answered("c1", "2026-11-01T05:50:00.000Z"),
+        call_ended("c1", "2026-11-01T06:10:00.000Z"),
+    ])
+    oct_, nov = statement(e, "2026-10"), statement(e, "2026-11")
+    assert oct_["voice"]["attempts"] == 1 and oct_["voice"]["billable_minutes"] == 20
+    assert oct_["concurrency"]["peak_at"] == "2026-11-01T05:50:00.000Z"
+    assert nov["voice"]["attempts"] == 0
+    assert nov["concurrency"]["peak"] == 1
+    assert nov["concurrency"]["peak_at"] == "2026-11-01T06:00:00.000Z"
+    assert nov["concurrency"]["trunk_groups"]["tg-1"]["peak"] == 1
+
+
+def test_redundant_trunk_group_shares_capacity_of_its_primary() -> None:
+    e = engine({"acct-1": {"trunk_groups": {"tg-1": {"capacity": 1, "bundle": "call_path"},
+                                            "tg-1b": {"redundant_for": "tg-1"}}}})
+    feed(e, [
+        call_started("c1", at(0), tg="tg-1"), call_ended("c1", at(10)),
+        call_started("c2", at(1), tg="tg-1b"), call_ended("c2", at(2)),
+    ])
+    st = statement(e)
+    assert st["concurrency"]["trunk_groups"] == {
+        "tg-1": {"peak": 2, "peak_at": at(1), "capacity": 1}}
+    assert st["voice"]["over_capacity"] == 1
+    assert any(r["scope"] == "trunk_group:tg-1" for r in st["fair_use"])
+
+
+def test_blocked_call_counts_as_attempt_only() -> None:
+    e = engine({"acct-1": {"trunk_groups": {"tg-1": {"capacity": 1}}}})
+    feed(e, [
+        call_started("c1", at(0), user="u1"), call_answered("c1", at(0)),
+        call_ended("c1", at(10)),
+        call_started("c2", at(1), user="u2", blocked=True), call_ended("c2", at(1)),
+    ])
+    st = statement(e)
+    v = st["voice"]
+    assert (v["attempts"], v["blocked"], v["over_capacity"], v["answered"]) == (2, 1, 0, 1)
+    assert st["concurrency"]["peak"] == 1
+    # u2 had only a blocked call: no user scope
+    assert {r["scope"] for r in st["fair_use"] if r["rule"] == "minutes_per_user"} == {
+        "user:u1"}
+
+
+def test_missing_end_times_out_at_max_call_duration() -> None:
+    e = engine()
+    feed(e, [call_started("c1", at(0)), call_answered("c1", at(1))])
+    assert statement(e)["voice"]["timed_out"] == 0
+    # a later event moves the watermark past start + 4 h
+    feed(e, [message("message.sent", at(240))])
+    v = statement(e)["voice"]
+    assert v["timed_out"] == 1
+    assert v["billable_minutes"] == 239
+
+
+def test_late_end_within_lateness_undoes_time_out() -> None:
+    e = engine()
+    feed(e, [call_started("c1", at(0)), call_answered("c1", at(0)),
+              message("message.sent", at(241))])
+    assert statement(e)["voice"]["timed_out"] == 1
+    feed(e, [call_ended("c1", at(239, 30))])
+    v = statement(e)["voice"]
+    assert v["timed_out"] == 0 and v["billable_minutes"] == 240
+
+
+def test_cdr_longer_than_max_duration_is_timed_out_and_capped() -> None:
+    e = engine()
+    feed(e, [cdr("c1", at(0), at(0), at(300))])
+    v = statement(e)["voice"]
+    assert v["timed_out"] == 1 and v["billable_minutes"] == 240
+
+
+def test_cdr_corrects_peak_back_to_its_start() -> None:
+    e = engine({"acct-1": {"trunk_groups": {"tg-1": {"capacity": 1}}}})
+    feed(e, [call_started("c1", at(10)), call_ended("c1", at(20))])
+    assert statement(e)["concurrency"]["peak"] == 1
+    # a CDR arriving at its end (25) describes a call from minute 5
+    b = feed(e, [cdr("c2", at(5), at(5), at(25))])
+    st = statement(e)
+    assert st["concurrency"]["peak"] == 2
+    assert st["concurrency"]["peak_at"] == at(10)
+    # c1 started while c2 held the only port
+    assert st["voice"]["over_capacity"] == 1
+    assert [o.data["call_id"] for o in b.outputs if o.type == "capacity.exceeded"] == ["c1"]
+
+
+def test_simultaneous_starts_are_ordered_by_source_then_id() -> None:
+    e = engine({"acct-1": {"trunk_groups": {"tg-1": {"capacity": 1}}}})
+    b = feed(e, [
+        call_started("late", at(0), source="//b", eid="1"), call_ended("late", at(5)),
+        call_started("early", at(0), source="//a", eid="9"), call_ended("early", at(5)),
+    ])
+    assert [o.data["call_id"] for o in b.outputs if o.type == "capacity.exceeded"] == ["late"]
+
+
+def test_lifecycle_events_in_any_order() -> None:
+    events = [call_ended("c1", at(3)), call_answered("c1", at(1)), call_started("c1", at(0))]
+    e = engine()
+    feed(e, events)
+    v = statement(e)["voice"]
+    assert (v["attempts"], v["answered"], v["billable_minutes"]) == (1, 1, 2)
+
+
+def test_calls_per_second_window() -> None:
+    e = engine()
+    # 3 starts within [0, 1 s), a 4th exactly 1 s after the first
+    feed(e, [call_started(f"c{i}", at(0, s)) for i, s in enumerate([0, 0.4, 0.999, 1.0])])
+    assert rule(statement(e), "calls_per_second")["value"] == 3
+
+
+def test_bundle_sharing_counts_users_concurrent_calls() -> None:
+    e = engine()
+    feed(e, [
+        call_started("c1", at(0), user="u1"), call_ended("c1", at(5)),
+        call_started("c2", at(4), user="u1", tg="tg-9"), call_ended("c2", at(6)),
+        call_started("c3", at(5), user="u2"), call_ended("c3", at(6)),
+    ])
+    st = statement(e)
+    assert rule(st, "bundle_sharing", "user:u1")["status"] == "breach"
+    assert rule(st, "bundle_sharing", "user:u1")["value"] == 2
+    assert rule(st, "bundle_sharing", "user:u2")["value"] == 1
+
+
+def test_nlp_share_matches_executions_in_any_order() -> None:
+    e = engine()
+    feed(e, [nlp("x1", at(0, 1)), smartflow("x1", at(0)), smartflow("x2", at(0)),
+              nlp("x2", at(0, 2)), nlp("x2", at(0, 3)), smartflow("x3", at(1))])
+    r = rule(statement(e), "nlp_share")
+    assert r["value"] == 0.6667 and r["status"] == "insufficient_data"
+
+
+def test_minutes_per_user_overage_charge_is_exact() -> None:
+    e = engine({"acct-1": {"policies": ["mitel_us"]}})
+    # 2501 local minutes for one user: a 2501-minute call would time out, so use 11 calls
+    events: list[bytes] = []
+    for i in range(11):
+        start = i * 240
+        minutes = 227 if i < 10 else 231  # 10 x 227 + 231 = 2501
+        events += [cdr(f"c{i}", at(start), at(start), at(start + minutes), user="u1")]
+    feed(e, events)
+    st = statement(e)
+    r = rule(st, "minutes_per_user", "user:u1")
+    assert (r["value"], r["status"], r["charge_usd"]) == (2501, "breach", "0.03")
+    assert st["charges"]["overage_usd"] == "0.03"
+
+
+def test_policies_limit_listed_rules() -> None:
+    e = engine({"acct-1": {"policies": ["intelepeer_cap"]}})
+    feed(e, [call_started("c1", at(0), user="u1")])
+    assert [r["rule"] for r in statement(e)["fair_use"]] == ["calls_per_second", "nlp_share"]
+
+
+# ------------------------------------------------------------------ bad input
+def test_duplicates_are_ignored() -> None:
+    e = engine()
+    b1 = call_started("c1", at(0), eid="same")
+    assert e.process(decode(b1), b1) == "accepted"
+    assert e.process(decode(b1), b1) == "duplicate"
+    e.drain()
+    assert statement(e)["voice"]["attempts"] == 1
+
+
+def test_orphan_lifecycle_events_are_dead_lettered() -> None:
+    e = engine()
+    b = feed(e, [call_answered("ghost", at(0)), call_ended("ghost", at(1))])
+    assert not b.rejections
+    b = feed(e, [message("message.sent", at(4 * 60 + 16))])
+    assert sorted(r.reason for r in b.rejections) == ["orphan", "orphan"]
+    assert b.retracted == 2
+
+
+def test_call_described_twice_is_dead_lettered() -> None:
+    e = engine()
+    dup = cdr("c1", at(0), at(0), at(2))
+    b = feed(e, [call_started("c1", at(0)), call_ended("c1", at(2)), dup])
+    assert [(r.reason, r.raw) for r in b.rejections] == [("duplicate_call", dup)]
+    assert statement(e)["voice"]["attempts"] == 1
+
+
+def test_bad_account_configuration_event_is_dead_lettered() -> None:
+    e = engine()
+    bad = raw("account.configured", at(0), {"timezone": "Mars/Olympus"})
+    assert e.process(decode(bad), bad) == "rejected"
+    assert [r.reason for r in e.drain().rejections] == ["schema"]
+
+
+def test_account_configured_event_applies_without_restart() -> None:
+    e = engine()
+    cfg = raw("account.configured", at(0),
+              {"timezone": "UTC", "trunk_groups": {"tg-1": {"capacity": 1}}})
+    feed(e, [cfg, call_started("c1", at(1)), call_ended("c1", at(5)),
+             call_started("c2", at(2)), call_ended("c2", at(3))])
+    assert statement(e)["voice"]["over_capacity"] == 1
+
+
+# ------------------------------------------------------------------ state
+def test_state_snapshot_round_trip_continues_identically() -> None:
+    events = [
+        call_started("c1", at(0), user="u1"), call_answered("c1", at(0, 5)),
+        message("message.sent", at(1)), smartflow("x1", at(2), channel="api"),
+        call_ended("c1", at(7)), cdr("c2", at(3), at(3), at(9), user="u1"),
+        message("message.received", at(12)), nlp("x1", at(13)),
+    ]
+    whole = engine()
+    feed(whole, events)
+    first = engine()
+    feed(first, events[:4])
+    snap = msgspec.msgpack.encode(first.state("acct-1"))
+    second = engine()
+    second.restore(msgspec.msgpack.decode(snap, type=AccountState))
+    feed(second, events[4:])
+    assert statement(second) == statement(whole)
+
+
+def test_memory_is_released_after_settling() -> None:
+    e = engine()
+    feed(e, [call_started("c1", at(0)), call_ended("c1", at(1)),
+             message("message.sent", at(2))])
+    st = e.state("acct-1")
+    assert st.calls and st.conversations and st.seen
+    feed(e, [message("message.sent", at(3 * 24 * 60), remote="+7")])
+    assert "c1" not in st.calls
+    assert list(st.conversations) == ["sms\x1f+1000\x1f+7"]
+    assert len(st.seen) == 1
+    # the counters stay
+    assert statement(e)["voice"]["attempts"] == 1
+
+
+@pytest.mark.parametrize("cycle", ["2026-11"])
+def test_statement_shape_matches_spec(cycle: str) -> None:
+    e = engine({"acct-1": {"timezone": "America/Denver",
+                           "trunk_groups": {"tg-1": {"capacity": 20}}}})
+    feed(e, [call_started("c1", at(0)), call_ended("c1", at(1))])
+    st = statement(e, cycle)
+    assert list(st) == ["account", "cycle", "timezone", "interactions", "messages", "voice",
+                        "concurrency", "fair_use", "charges"]
+    assert list(st["voice"]) == ["attempts", "answered", "blocked", "timed_out",
+                                 "over_capacity", "billable_minutes", "minutes_by_route_class"]
+    assert st["concurrency"]["trunk_groups"]["tg-1"]["capacity"] == 20
+    assert [(r["rule"], r["scope"]) for r in st["fair_use"]] == sorted(
+        (r["rule"], r["scope"]) for r in st["fair_use"])
