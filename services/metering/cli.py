@@ -116,7 +116,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_schemas(args: argparse.Namespace) -> int:
     from metering.events.schemagen import main as schemas_main
 
-    return schemas_main(args.rest)
+    argv = ["--check"] if args.check else []
+    return schemas_main([*argv, *([args.dir] if args.dir else [])])
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -156,9 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("schemas", help="write or check schemas/ (JSON Schema, AsyncAPI)",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("schemas", help="write or check schemas/ (JSON Schema, AsyncAPI)")
+    p.add_argument("--check", action="store_true",
+                   help="only check that the files are up to date (exit 1 when stale)")
+    p.add_argument("dir", nargs="?", help="schema directory (default: ./schemas)")
     p.set_defaults(func=cmd_schemas)
 
     p = sub.add_parser("demo", help="simulate, replay into embedded ClickHouse, print "

@@ -55,7 +55,7 @@ class Decoder:
     def decode(self, raw: bytes, topic: str | None = None) -> InputEvent | Rejection:
         """Decode one record. ``topic`` None skips the topic check (replay of a log)."""
         try:
-            event = self._decoder.decode(raw)
+            event: InputEvent = self._decoder.decode(raw)
         except msgspec.DecodeError as exc:
             return _classify(raw, exc)
         etype = event_type(event)

@@ -101,7 +101,7 @@ class TrunkGroupConfig(Struct, forbid_unknown_fields=True):
 
 
 Policy = Literal["mitel_us", "intelepeer_uc", "intelepeer_cap"]
-ALL_POLICIES: tuple[str, ...] = ("mitel_us", "intelepeer_uc", "intelepeer_cap")
+ALL_POLICIES: tuple[Policy, ...] = ("mitel_us", "intelepeer_uc", "intelepeer_cap")
 
 
 class AccountData(Struct, forbid_unknown_fields=True):
