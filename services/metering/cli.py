@@ -107,12 +107,6 @@ def _check_cycle(cycle: str) -> None:
         raise CliError(f"cycle must look like YYYY-MM, got {cycle!r}")
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from metering.simulate.generator import main as simulate_main
-
-    return simulate_main(args.rest, prog="metering simulate")
-
-
 def cmd_schemas(args: argparse.Namespace) -> int:
     from metering.events.schemagen import main as schemas_main
 
@@ -152,10 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db_options(p)
     p.set_defaults(func=cmd_statement)
 
-    p = sub.add_parser("simulate", help="generate sample traffic (see --help)",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_simulate)
+    from metering.simulate.generator import DESCRIPTION, add_arguments, run_cli
+
+    p = sub.add_parser("simulate", help="generate sample traffic (JSON lines)",
+                       description=DESCRIPTION)
+    add_arguments(p)
+    p.set_defaults(func=run_cli)
 
     p = sub.add_parser("schemas", help="write or check schemas/ (JSON Schema, AsyncAPI)")
     p.add_argument("--check", action="store_true",

@@ -15,6 +15,15 @@ known when it starts), each event gets an *arrival key* ``time + delay`` with
 arrival-key order as soon as no later action can produce an earlier key. Memory is
 bounded by the number of calls and conversations in progress, not by the log size.
 
+Traffic: per account (see :mod:`metering.simulate.accounts` for the profiles) voice calls
+(lifecycle events, or one CDR for ``cdr_share`` of them; blocked when the capacity group
+is full, 10% of those let through over capacity; a few conference calls and 1-3.5 h
+bridges), a dialer account's bursts of outbound calls (up to a few hundred starts within
+about two seconds), messaging conversations (bursts of messages in both directions, some
+resumed hours or days later; simulated from 60 h before the start so the window opens on
+conversations under way) and SmartFlow executions on every channel, messaging ones on
+conversations already in the log, some followed by ``nlp.used``.
+
 Guarantees (checked by ``tests/test_simulate.py``)
 --------------------------------------------------
 * Same :class:`SimulationConfig` (and accounts object) -> same bytes. One seeded
@@ -39,8 +48,10 @@ import gzip
 import heapq
 import io
 import math
+import queue
 import random
 import sys
+import threading
 import time as _time
 from bisect import bisect
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -113,7 +124,7 @@ def fmt_z(ms: int) -> str:
     return f"{p}{s // 1000:02d}.{s % 1000:03d}Z"
 
 
-class _LocalFormatter:
+class LocalTimeFormatter:
     """Times in one IANA zone's local offset, e.g. ``2026-10-30T06:34:56.789-06:00``.
 
     Offsets are cached per 15-minute UTC bucket (every real zone changes offset on a
@@ -294,7 +305,7 @@ class _Acct:
         self.id = account_id
         self.tz = str(obj.get("timezone") or "UTC")
         self.profile = profile
-        self.local = _LocalFormatter(self.tz)
+        self.local = LocalTimeFormatter(self.tz)
         west = self.tz in (
             "America/Denver",
             "America/Los_Angeles",
@@ -765,9 +776,11 @@ class _Simulation:
                 ti += min(600_000, 2_000 + int(rng.lognormvariate(10.3, 1.0)))
                 if rnd() < 0.75:
                     inbound = not inbound
-            self.n_msgs += 1
             fam = conv.family
             channel = "mms" if fam == "sms" and rnd() < 0.12 else fam
+            if ti < self.start:
+                continue  # warm-up: the message is before the window
+            self.n_msgs += 1
             data: dict[str, Any] = {
                 "message_id": f"M{acct.index + 1}x{self.n_msgs:09d}",
                 "channel": channel,
@@ -780,14 +793,11 @@ class _Simulation:
             elif channel == "mms" and rnd() < 0.5:
                 data["segments"] = 1
             etype = "message.received" if inbound else "message.sent"
-            if ti >= self.start:
-                self._push(ti, self._envelope(conv.source, acct, ti, etype, data))
-                if not conv.listed:
-                    self._list(conv)
+            self._push(ti, self._envelope(conv.source, acct, ti, etype, data))
+            if not conv.listed:
+                self._list(conv)
             if inbound and rnd() < 0.04:
-                tf = ti + 300 + int(rnd() * 3_000)
-                if tf >= self.start:
-                    self._flow(tf, acct, channel, conv)
+                self._flow(ti + 300 + int(rnd() * 3_000), acct, channel, conv)
         if not conv.notify and rnd() < 0.35:
             r = rnd()
             if r < 0.45:
@@ -806,8 +816,7 @@ class _Simulation:
         rng = self.rng
         rnd = rng.random
         if channel is None:
-            r = rnd()
-            channel = _FLOW_CHANNELS[bisect(_FLOW_CUM, r)] if r < 1.0 else "facebook"
+            channel = _FLOW_CHANNELS[bisect(_FLOW_CUM, rnd())]
             if channel not in ("voice", "api"):
                 recent = acct.recent["sms" if channel in ("sms", "mms") else channel]
                 if recent:
@@ -919,32 +928,65 @@ def _open_out(path: Path) -> io.BufferedIOBase:
     return open(path, "wb")
 
 
+class _BackgroundWriter:
+    """Writes chunks from a thread: gzip (zlib) releases the GIL while it compresses, so
+    compression overlaps generation on a multi-core machine."""
+
+    def __init__(self, out: io.BufferedIOBase) -> None:
+        self._out = out
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="simulate-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._out.write(chunk)
+                except BaseException as exc:  # re-raised in the producing thread
+                    self._error = exc
+
+    def write(self, chunk: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 def write_log(
     path: str | Path,
     cfg: SimulationConfig,
     accounts: Mapping[str, Any],
     progress: Callable[[int], None] | None = None,
 ) -> SimulationSummary:
-    """Write the log to ``path`` (gzip when it ends in ``.gz``); ``progress(lines)`` is
-    called every 100,000 lines."""
+    """Write the log to ``path`` (gzip when it ends in ``.gz``), one event per line;
+    ``progress(lines)`` is called every 100,000 lines."""
     summary = SimulationSummary()
-    out_path = Path(path)
     n = 0
     chunk: list[bytes] = []
-    with _open_out(out_path) as out:
-        for line in iter_events(cfg, accounts, summary):
-            chunk.append(line)
-            if len(chunk) >= 10_000:
+    with _open_out(Path(path)) as out:
+        writer = _BackgroundWriter(out)
+        try:
+            for line in iter_events(cfg, accounts, summary):
+                chunk.append(line)
+                if len(chunk) >= 10_000:
+                    chunk.append(b"")
+                    writer.write(b"\n".join(chunk))
+                    chunk.clear()
+                    n += 10_000
+                    if progress is not None and n % 100_000 == 0:
+                        progress(n)
+            if chunk:
                 chunk.append(b"")
-                out.write(b"\n".join(chunk))
-                chunk.clear()
-                n += 10_000
-                if progress is not None and n % 100_000 == 0:
-                    progress(n)
-        if chunk:
-            chunk.append(b"")
-            out.write(b"\n".join(chunk))
-        out.flush()
+                writer.write(b"\n".join(chunk))
+        finally:
+            writer.close()
     return summary
 
 
