@@ -110,6 +110,8 @@ class Batch:
     #: how many of ``rejections`` are events accepted by an earlier ``process`` call
     #: (orphans, lifecycle pieces displaced by a CDR)
     retracted: int = 0
+    #: accounts whose state changed in this drain (what a streaming adapter checkpoints)
+    accounts: list[str] = field(default_factory=list)
 
 
 def _id(*parts: object) -> str:
@@ -639,10 +641,12 @@ class Engine:
     # ----------------------------------------------------------------- drain
     def drain(self) -> Batch:
         """Finish pending work for every account touched since the last drain."""
-        for account in sorted(self._dirty):
+        touched = sorted(self._dirty)
+        for account in touched:
             self._drain_account(self._states[account])
         self._dirty.clear()
         batch, self._batch = self._batch, Batch()
+        batch.accounts = touched
         return batch
 
     def _drain_account(self, st: AccountState) -> None:

@@ -11,15 +11,24 @@ the in-memory engine fills, from the fact tables (``FINAL``, retracted rows excl
   timed_out, over_capacity count non-blocked calls; blocked; minutes by route class =
   billable minutes of answered non-blocked calls;
 - peak / peak_at: ``cycle_peaks`` scope ``account``; trunk groups: scopes
-  ``trunk_group:ID`` with a peak of at least 1;
-- fair use: ``fairuse_counters`` of the rules of the account's presets, plus zero
-  counters for the account scope of account rules when none is stored (the account is
-  always listed).
+  ``trunk_group:ID`` with a peak of at least 1 (capacity from the account's current
+  configuration when it has one, as the engine does);
+- fair use: every rule of the account's presets for each scope the SPEC lists (users with
+  a non-blocked call of the cycle, ``call_path`` capacity groups that carried one, the
+  account), with the counters of ``fairuse_counters`` (zero when none is stored).
+  Counters stored for scopes that no longer qualify (their calls were retracted) are
+  ignored, like the engine ignores them.
+
+A statement exists (not None) when the cycle has a call, message, execution or
+interaction, or an account peak above zero (the engine's rule).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from metering.engine.rules import RULES, rules_for
 from metering.engine.statement import Counter, StatementFacts, render
@@ -37,25 +46,48 @@ def _rows(client: Client, sql: str, params: dict[str, Any]) -> list[tuple[Any, .
     return [tuple(r) for r in client.query(sql, parameters=params).result_rows]
 
 
-def account_config(client: Client, account: str) -> tuple[str, tuple[str, ...]]:
-    """(timezone, policies) of an account, with the SPEC defaults when not configured."""
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    """An account's configuration as stored (SPEC defaults when not configured)."""
+
+    timezone: str
+    policies: tuple[str, ...]
+    trunk_groups: dict[str, dict[str, Any]] | None  # None: not configured
+
+    def bundle(self, owner: str) -> str:
+        conf = (self.trunk_groups or {}).get(owner) or {}
+        return str(conf.get("bundle") or "user")
+
+    def capacity(self, owner: str, stored: int | None) -> int | None:
+        if self.trunk_groups is None:
+            return stored
+        cap = (self.trunk_groups.get(owner) or {}).get("capacity")
+        return None if cap is None else int(cap)
+
+
+def account_config(client: Client, account: str) -> AccountRow:
+    """The stored configuration of an account, with the SPEC defaults when absent."""
     rows = _rows(
         client,
-        "SELECT timezone, policies FROM accounts FINAL WHERE account = {a:String}",
+        "SELECT timezone, policies, trunk_groups FROM accounts FINAL WHERE account = {a:String}",
         {"a": account},
     )
     if not rows:
-        return "UTC", DEFAULT_POLICIES
-    tz, policies = rows[0]
-    return (str(tz) or "UTC"), tuple(str(p) for p in policies)
+        return AccountRow("UTC", DEFAULT_POLICIES, None)
+    tz, policies, groups = rows[0]
+    parsed = orjson.loads(groups) if groups else {}
+    return AccountRow(
+        str(tz) or "UTC",
+        tuple(str(p) for p in policies),
+        parsed if isinstance(parsed, dict) else {},
+    )
 
 
 def read_statement_facts(client: Client, account: str, cycle: str) -> StatementFacts | None:
     """The statement figures of (account, cycle); None when nothing is stored for them."""
     p = {"a": account, "c": cycle}
-    timezone, policies = account_config(client, account)
-    f = StatementFacts(account=account, cycle=cycle, timezone=timezone, policies=policies)
-    found = False
+    cfg = account_config(client, account)
+    f = StatementFacts(account=account, cycle=cycle, timezone=cfg.timezone, policies=cfg.policies)
 
     for route_class, attempts, blocked, answered, timed_out, over_cap, minutes in _rows(
         client,
@@ -66,7 +98,6 @@ def read_statement_facts(client: Client, account: str, cycle: str) -> StatementF
         f"FROM calls FINAL WHERE {_WHERE} AND deleted = 0 GROUP BY route_class",
         p,
     ):
-        found = True
         f.attempts += int(attempts)
         f.blocked += int(blocked)
         f.answered += int(answered)
@@ -75,11 +106,10 @@ def read_statement_facts(client: Client, account: str, cycle: str) -> StatementF
         rc = str(route_class)
         f.minutes_by_route_class[rc] = f.minutes_by_route_class.get(rc, 0) + int(minutes)
 
-    (messages, segments), = _rows(
+    ((messages, segments),) = _rows(
         client, f"SELECT count(), sum(segments) FROM messages FINAL WHERE {_WHERE}", p
     )
     f.messages, f.segments = int(messages), int(segments)
-    found = found or f.messages > 0
 
     for channel, n in _rows(
         client,
@@ -87,11 +117,9 @@ def read_statement_facts(client: Client, account: str, cycle: str) -> StatementF
         "GROUP BY channel",
         p,
     ):
-        found = True
         f.interactions[str(channel)] = int(n)
 
-    (executions,), = _rows(client, f"SELECT count() FROM executions FINAL WHERE {_WHERE}", p)
-    found = found or int(executions) > 0
+    ((executions,),) = _rows(client, f"SELECT count() FROM executions FINAL WHERE {_WHERE}", p)
 
     for scope, peak, peak_at, capacity in _rows(
         client,
@@ -99,30 +127,54 @@ def read_statement_facts(client: Client, account: str, cycle: str) -> StatementF
         f"FROM cycle_peaks FINAL WHERE {_WHERE}",
         p,
     ):
-        found = True
         at = None if peak_at is None else int(peak_at)
         scope = str(scope)
         if scope == "account":
             f.peak, f.peak_at = int(peak), at
         elif scope.startswith(TRUNK_GROUP_SCOPE) and int(peak) >= 1:
-            cap = None if capacity is None else int(capacity)
-            f.trunk_groups[scope[len(TRUNK_GROUP_SCOPE):]] = (int(peak), at, cap)
+            owner = scope[len(TRUNK_GROUP_SCOPE) :]
+            stored = None if capacity is None else int(capacity)
+            f.trunk_groups[owner] = (int(peak), at, cfg.capacity(owner, stored))
 
-    wanted = rules_for(policies)
-    for rule, scope, num, den, aux in _rows(
+    if not (
+        f.attempts
+        or f.messages
+        or int(executions)
+        or any(f.interactions.values())
+        or f.peak
+    ):
+        return None
+
+    users: list[str] = []
+    groups: list[str] = []
+    for user, group in _rows(
         client,
-        f"SELECT rule, scope, num, den, aux FROM fairuse_counters FINAL WHERE {_WHERE}",
+        "SELECT DISTINCT `user`, capacity_group FROM calls FINAL "
+        f"WHERE {_WHERE} AND deleted = 0 AND NOT blocked",
         p,
     ):
-        found = True
-        if str(rule) in wanted:
-            f.fair_use[(str(rule), str(scope))] = Counter(int(num), int(den), int(aux))
-
-    if not found:
-        return None
-    for rule in wanted:
-        if RULES[rule].scope == "account":
-            f.fair_use.setdefault((rule, "account"), Counter())
+        if user is not None:
+            users.append(str(user))
+        if cfg.bundle(str(group)) == "call_path":
+            groups.append(str(group))
+    stored_counters = {
+        (str(rule), str(scope)): Counter(int(num), int(den), int(aux))
+        for rule, scope, num, den, aux in _rows(
+            client,
+            f"SELECT rule, scope, num, den, aux FROM fairuse_counters FINAL WHERE {_WHERE}",
+            p,
+        )
+    }
+    for rule in rules_for(cfg.policies):
+        kind = RULES[rule].scope
+        if kind == "user":
+            scopes = [f"user:{u}" for u in sorted(set(users))]
+        elif kind == "trunk_group":
+            scopes = [f"{TRUNK_GROUP_SCOPE}{g}" for g in sorted(set(groups))]
+        else:
+            scopes = ["account"]
+        for scope in scopes:
+            f.fair_use[(rule, scope)] = stored_counters.get((rule, scope), Counter())
     return f
 
 
@@ -142,7 +194,7 @@ def list_statements(client: Client) -> list[tuple[str, str]]:
         " UNION ALL SELECT account, cycle FROM interactions FINAL WHERE deleted = 0"
         " UNION ALL SELECT account, cycle FROM executions FINAL"
         " UNION ALL SELECT account, cycle FROM cycle_peaks FINAL"
-        " UNION ALL SELECT account, cycle FROM fairuse_counters FINAL"
+        "  WHERE scope = 'account' AND peak > 0"
         ") ORDER BY account, cycle",
         {},
     )

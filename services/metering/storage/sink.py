@@ -113,6 +113,8 @@ class FlushStats:
     rows: dict[str, int] = field(default_factory=dict)
     buckets: int = 0
     seconds: float = 0.0
+    #: wall seconds per step: "dirty", each fact table, "usage"
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -605,11 +607,14 @@ class ClickHouseSink:
             if self._flush_id is None:
                 self._flush_id = randbits(63)
             flush_id = self._flush_id
+            started = time.perf_counter()
             stats.buckets = self._mark_dirty(flush_id, days)
+            stats.timings["dirty"] = time.perf_counter() - started
         for t in FLUSH_ORDER:
             buf = self._buffers[t]
             if not buf:
                 continue
+            started = time.perf_counter()
             rows = list(buf.values())
             table = TABLES[t]
             version = self._clock.next()
@@ -619,7 +624,9 @@ class ClickHouseSink:
             columns.append([version] * len(rows))
             self._insert(t, columns)
             stats.rows[table.name] = len(rows)
+            stats.timings[table.name] = time.perf_counter() - started
         if usage:
+            started = time.perf_counter()
             _recompute(
                 self.client,
                 lambda g, s: _dirty_filter(g, s.time, flush_id),
@@ -627,6 +634,7 @@ class ClickHouseSink:
                 self._clock,
             )
             self.client.command(f"ALTER TABLE usage_dirty DROP PARTITION {flush_id}")
+            stats.timings["usage"] = time.perf_counter() - started
         return stats
 
     def _insert(self, t: type, columns: list[list[Any]]) -> None:
