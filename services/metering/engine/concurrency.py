@@ -100,27 +100,30 @@ def sweep(
     occupied = res.occupied_at_start
     minute_end = min(hi, minutes_until)
 
-    def record(t: int) -> None:
-        if not occ_acc:
-            return
+    def record(t: int, groups_at: Iterable[str], users_at: Iterable[str]) -> None:
+        """Peaks at instant t, for the groups and users that may have reached a new high."""
         cyc = cycles.get(c := cycle_of(t))
         if cyc is None:
             cyc = cycles[c] = CyclePeaks()
         if occ_acc > cyc.account[0]:
             cyc.account = (occ_acc, t)
         groups = cyc.groups
-        for g, n in occ_grp.items():
+        for g in groups_at:
+            n = occ_grp[g]
             if n and ((cur := groups.get(g)) is None or n > cur[0]):
                 groups[g] = (n, t)
         users = cyc.users
-        for u, n in occ_usr.items():
+        for u in users_at:
+            n = occ_usr[u]
             if n > users.get(u, 0):
                 users[u] = n
-        if t < minute_end:
-            m = t - t % MINUTE_MS
-            for g, n in occ_grp.items():
-                if n > minutes.get((g, m), 0):
-                    minutes[(g, m)] = n
+
+    def minute_at(t: int, groups_at: Iterable[str]) -> None:
+        m = t - t % MINUTE_MS
+        for g in groups_at:
+            n = occ_grp[g]
+            if n > minutes.get((g, m), 0):
+                minutes[(g, m)] = n
 
     def carry(m_from: int, m_to: int) -> None:
         """The occupancy held between instants covers whole minutes [m_from, m_to)."""
@@ -138,26 +141,39 @@ def sweep(
     t = lo
     boundary = next_cycle_start(lo)
     cur_minute = lo - lo % MINUTE_MS
+    full = True  # first instant of the range or of a cycle: every group may be at a high
+    full_minute = True  # first instant of a minute: every group's minute value is open
+    touched_g: list[str] = []
+    touched_u: list[str] = []
     while True:
         while i < n_ev and events[i][0] == t:
             _, kind, _, iv = events[i]
             g = iv.group
+            u = iv.user
             if kind == 0:
                 occ_acc -= 1
                 occ_grp[g] -= 1
-                if iv.user is not None:
-                    occ_usr[iv.user] -= 1
+                if u is not None:
+                    occ_usr[u] -= 1
             else:
                 occupied[iv.call_id] = occ_grp.get(g, 0)
-                if kind == 2:
-                    i += 1
-                    continue
-                occ_acc += 1
-                occ_grp[g] = occ_grp.get(g, 0) + 1
-                if iv.user is not None:
-                    occ_usr[iv.user] = occ_usr.get(iv.user, 0) + 1
+                if kind == 1:
+                    occ_acc += 1
+                    occ_grp[g] = occ_grp.get(g, 0) + 1
+                    touched_g.append(g)
+                    if u is not None:
+                        occ_usr[u] = occ_usr.get(u, 0) + 1
+                        touched_u.append(u)
             i += 1
-        record(t)
+        if occ_acc:
+            if full:
+                record(t, list(occ_grp), list(occ_usr))
+            elif touched_g:
+                record(t, touched_g, touched_u)
+            if t < minute_end:
+                minute_at(t, list(occ_grp) if full_minute else touched_g)
+        touched_g.clear()
+        touched_u.clear()
         nxt = events[i][0] if i < n_ev else hi
         if boundary < nxt and occ_acc:
             nxt = boundary
@@ -165,10 +181,12 @@ def sweep(
             carry(cur_minute + MINUTE_MS, hi)
             break
         nxt_minute = nxt - nxt % MINUTE_MS
-        if nxt_minute > cur_minute:
+        full_minute = nxt_minute > cur_minute
+        if full_minute:
             # instants [nxt_minute, nxt) of the next event's minute hold the old occupancy
             carry(cur_minute + MINUTE_MS, nxt_minute + (MINUTE_MS if nxt > nxt_minute else 0))
             cur_minute = nxt_minute
+        full = boundary <= nxt
         while boundary <= nxt:
             boundary = next_cycle_start(boundary)
         t = nxt

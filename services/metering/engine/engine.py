@@ -65,6 +65,7 @@ from metering.engine.state import (
 from metering.engine.statement import Counter, StatementFacts
 from metering.events.decode import Rejection, ms_to_rfc3339, to_ms
 from metering.events.models import (
+    EVENT_TYPE,
     AccountConfigured,
     CallAnswered,
     CallCompleted,
@@ -81,7 +82,13 @@ from metering.events.models import (
 Verdict = Literal["accepted", "duplicate", "rejected"]
 FAMILY = {"sms": "sms", "mms": "sms", "whatsapp": "whatsapp", "facebook": "facebook"}
 FAR = 2**62
-_DEDUPE, _SHELL, _NLP, _EXEC, _CLOSE = 0, 1, 2, 3, 4
+#: how far behind (watermark - allowed lateness) the live sweep keeps its checkpoint,
+#: and by how much it must be able to move before it does
+PREFIX_LAG_MS = 10 * 60_000
+PREFIX_STEP_MS = 5 * 60_000
+#: the settle frontier moves in steps of this size (fewer sweeps; calls stay a bit longer)
+SETTLE_STEP_MS = 15 * 60_000
+_SHELL, _NLP, _EXEC, _CLOSE = 1, 2, 3, 4
 FLAG_WARNED, FLAG_BREACHED, FLAG_FAILING = 1, 2, 4
 RATIO_RULES = frozenset(n for n, r in RULES.items() if r.ratio)
 
@@ -135,6 +142,20 @@ class Engine:
         self._dirty_inter: dict[str, dict[str, Interaction]] = {}
         self._dirty_exec: dict[str, set[str]] = {}
         self._dirty_cycles: dict[str, set[str]] = {}
+        self._cals: dict[str, Calendar] = {}
+        self._ivs: dict[str, dict[str, Interval]] = {}
+        self._last_cycle: tuple[AccountState, str, CycleState] | None = None
+        self._handlers: dict[type, Any] = {
+            CallStarted: self._call_started,
+            CallAnswered: self._call_piece,
+            CallEnded: self._call_piece,
+            CallCompleted: self._call_completed,
+            MessageSent: self._message,
+            MessageReceived: self._message,
+            SmartflowTriggered: self._smartflow,
+            NlpUsed: self._nlp,
+            AccountConfigured: self._configured,
+        }
 
     # ----------------------------------------------------------------- accounts
     def config_of(self, account: str) -> AccountConfig:
@@ -146,6 +167,10 @@ class Engine:
     def configure(self, account: str, cfg: AccountConfig) -> None:
         """Apply a configuration (YAML or ``account.configured``); later calls win."""
         self._configs[account] = cfg
+        self._cals.pop(account, None)
+        st = self._states.get(account)
+        if st is not None:
+            st.dirty_from = -FAR  # capacities may have changed: sweep everything again
         self._batch.facts.append(_account_fact(cfg))
 
     def accounts(self) -> list[str]:
@@ -161,51 +186,48 @@ class Engine:
     def restore(self, state: AccountState) -> None:
         """Adopt a snapshot of one account (from a changelog)."""
         self._states[state.account] = state
+        self._last_cycle = None
+        self._ivs.pop(state.account, None)
 
     def _cycle(self, st: AccountState, cycle: str) -> CycleState:
+        """The cycle's counters, marked for publishing at the next drain."""
+        last = self._last_cycle
+        if last is not None and last[0] is st and last[1] == cycle:
+            return last[2]
         cs = st.cycles.get(cycle)
         if cs is None:
             cs = st.cycles[cycle] = CycleState()
         self._dirty_cycles.setdefault(st.account, set()).add(cycle)
+        self._last_cycle = (st, cycle, cs)
         return cs
 
     # ----------------------------------------------------------------- intake
     def process(self, ev: InputEvent, raw: bytes, topic: str | None = None) -> Verdict:
         """Apply one validated event. Never raises on bad data: it dead-letters it."""
         account = ev.subject
-        st = self.state(account)
+        st = self._states.get(account) or self.state(account)
         t = to_ms(ev.time)
         key = f"{ev.source}\x1f{ev.id}"
-        if key in st.seen:
+        seen = st.seen
+        if key in seen:
             return "duplicate"
-        st.seen[key] = t
-        heapq.heappush(st.expiries, (t + self.config.dedupe_horizon_ms, _DEDUPE, key))
+        seen[key] = t
+        st.seen_log.append((t, key))
         if t > st.watermark:
             st.watermark = t
         self._dirty.add(account)
-        cal = calendar_for(self.config_of(account).timezone)
-        verdict: Verdict = "accepted"
-        if isinstance(ev, CallStarted):
-            verdict = self._call_started(st, ev, t, raw, cal)
-        elif isinstance(ev, (CallAnswered, CallEnded)):
-            verdict = self._call_piece(st, ev, t, raw)
-        elif isinstance(ev, CallCompleted):
-            verdict = self._call_completed(st, ev, raw, cal)
-        elif isinstance(ev, (MessageSent, MessageReceived)):
-            self._message(st, ev, t, cal)
-        elif isinstance(ev, SmartflowTriggered):
-            self._smartflow(st, ev, t, cal)
-        elif isinstance(ev, NlpUsed):
-            self._nlp(st, ev, t, raw)
-        elif isinstance(ev, AccountConfigured):
-            verdict = self._configured(ev, raw)
+        cal = self._cals.get(account)
+        if cal is None:
+            cal = self._cals[account] = calendar_for(self.config_of(account).timezone)
+        cls = type(ev)
+        verdict: Verdict = self._handlers[cls](st, ev, t, raw, cal)
         if verdict == "accepted":
             self._batch.facts.append(
                 RawEventFact(
                     account=account,
                     source=ev.source,
                     id=ev.id,
-                    type=event_type(ev),
+                    type=EVENT_TYPE[cls],
                     time=t,
                     cycle=cal.cycle_of(t),
                     topic=topic,
@@ -217,7 +239,9 @@ class Engine:
     def _reject(self, raw: bytes, reason: str, detail: str, etype: str, account: str) -> None:
         self._batch.rejections.append(Rejection(raw, reason, detail, etype, account))
 
-    def _configured(self, ev: AccountConfigured, raw: bytes) -> Verdict:
+    def _configured(
+        self, st: AccountState, ev: AccountConfigured, t: int, raw: bytes, cal: Calendar
+    ) -> Verdict:
         try:
             cfg = resolve(ev.subject, ev.data)
         except ValueError as exc:
@@ -301,7 +325,7 @@ class Engine:
         call.blocked = d.blocked
 
     def _call_piece(
-        self, st: AccountState, ev: CallAnswered | CallEnded, t: int, raw: bytes
+        self, st: AccountState, ev: CallAnswered | CallEnded, t: int, raw: bytes, cal: Calendar
     ) -> Verdict:
         cid = ev.data.call_id
         call = self._call(st, cid)
@@ -323,7 +347,7 @@ class Engine:
         return "accepted"
 
     def _call_completed(
-        self, st: AccountState, ev: CallCompleted, raw: bytes, cal: Calendar
+        self, st: AccountState, ev: CallCompleted, t: int, raw: bytes, cal: Calendar
     ) -> Verdict:
         d = ev.data
         call = self._call(st, d.call_id)
@@ -372,8 +396,24 @@ class Engine:
     def _settle_call(self, st: AccountState, call: Call) -> None:
         """Recompute a described call's derived state and re-apply its contribution."""
         self._retract(st, call)
+        before = (call.start, self.effective_end(call)) if call.start is not None else None
         self._derive(call, calendar_for(self.config_of(st.account).timezone))
         assert call.start is not None
+        after = (call.start, self.effective_end(call))
+        cache = self._ivs.get(st.account)
+        if cache is not None:
+            if call.blocked:
+                cache.pop(call.call_id, None)
+            else:
+                cache[call.call_id] = self._interval(call)
+        if before != after:
+            changed = (
+                after[0] if before is None or before[0] != after[0] else min(before[1], after[1])
+            )
+            if before is not None and before[0] != after[0]:
+                changed = min(changed, before[0])
+            if changed < st.dirty_from:
+                st.dirty_from = changed
         maxd = self.config.max_call_duration_ms
         if call.end is None:
             call.timed_out = st.watermark >= call.start + maxd
@@ -452,8 +492,8 @@ class Engine:
 
     # ----------------------------------------------------------------- messaging
     def _message(
-        self, st: AccountState, ev: MessageSent | MessageReceived, t: int, cal: Calendar
-    ) -> None:
+        self, st: AccountState, ev: MessageSent | MessageReceived, t: int, raw: bytes, cal: Calendar
+    ) -> Verdict:
         d = ev.data
         family = FAMILY[d.channel]
         inter = self._conversation_item(st, family, d.business_address, d.remote_address, t, cal)
@@ -476,6 +516,7 @@ class Engine:
                 interaction_id=inter.id,
             )
         )
+        return "accepted"
 
     def _conversation_item(
         self, st: AccountState, family: str, business: str, remote: str, t: int, cal: Calendar
@@ -597,7 +638,9 @@ class Engine:
         )
 
     # ----------------------------------------------------------------- smartflows
-    def _smartflow(self, st: AccountState, ev: SmartflowTriggered, t: int, cal: Calendar) -> None:
+    def _smartflow(
+        self, st: AccountState, ev: SmartflowTriggered, t: int, raw: bytes, cal: Calendar
+    ) -> Verdict:
         d = ev.data
         if d.execution_id not in st.executions:
             # an execution counts once, in the cycle of its trigger
@@ -621,8 +664,9 @@ class Engine:
             )
         else:
             self._standalone_interaction(st, d.channel, d.execution_id, t, cal)
+        return "accepted"
 
-    def _nlp(self, st: AccountState, ev: NlpUsed, t: int, raw: bytes) -> None:
+    def _nlp(self, st: AccountState, ev: NlpUsed, t: int, raw: bytes, cal: Calendar) -> Verdict:
         eid = ev.data.execution_id
         ex = st.executions.get(eid)
         if ex is None:
@@ -632,16 +676,18 @@ class Engine:
                 heapq.heappush(st.expiries, (t + self.config.dedupe_horizon_ms, _NLP, eid))
             else:
                 pending.raws.append(raw)
-            return
+            return "accepted"
         ex.nlp_uses += 1
         if ex.nlp_uses == 1:
             self._cycle(st, ex.cycle).nlp_executions += 1
         self._dirty_exec.setdefault(st.account, set()).add(eid)
+        return "accepted"
 
     # ----------------------------------------------------------------- drain
     def drain(self) -> Batch:
         """Finish pending work for every account touched since the last drain."""
         touched = sorted(self._dirty)
+        self._last_cycle = None
         for account in touched:
             self._drain_account(self._states[account])
         self._dirty.clear()
@@ -687,12 +733,20 @@ class Engine:
 
     def _expire(self, st: AccountState) -> None:
         w = st.watermark
+        log = st.seen_log
+        head = st.seen_head
+        horizon = self.config.dedupe_horizon_ms
+        while head < len(log) and log[head][0] + horizon <= w:
+            st.seen.pop(log[head][1], None)
+            head += 1
+        if head > 4096 and 2 * head > len(log):
+            del log[:head]
+            head = 0
+        st.seen_head = head
         exp = st.expiries
         while exp and exp[0][0] <= w:
             _, kind, key = heapq.heappop(exp)
-            if kind == _DEDUPE:
-                st.seen.pop(key, None)
-            elif kind == _SHELL:
+            if kind == _SHELL:
                 call = st.calls.get(key)
                 if call is None or call.started is not None:
                     continue
@@ -806,21 +860,25 @@ class Engine:
 
     # ----------------------------------------------------------------- concurrency
     def _intervals(self, st: AccountState) -> list[Interval]:
-        out = []
-        for call in st.calls.values():
-            if call.start is None or call.blocked:
-                continue
-            out.append(
-                Interval(
-                    call.start,
-                    self.effective_end(call),
-                    (call.key_src, call.key_id),
-                    call.group,
-                    call.user,
-                    call.call_id,
-                )
-            )
-        return out
+        """Intervals of the account's non-blocked calls (cached per call until it changes)."""
+        cache = self._ivs.get(st.account)
+        if cache is None:
+            cache = self._ivs[st.account] = {}
+            for call in st.calls.values():
+                if call.start is not None and not call.blocked:
+                    cache[call.call_id] = self._interval(call)
+        return list(cache.values())
+
+    def _interval(self, call: Call) -> Interval:
+        assert call.start is not None
+        return Interval(
+            call.start,
+            self.effective_end(call),
+            (call.key_src, call.key_id),
+            call.group,
+            call.user,
+            call.call_id,
+        )
 
     def _concurrency(self, st: AccountState, cfg: AccountConfig, cal: Calendar) -> None:
         intervals = self._intervals(st)
@@ -833,9 +891,14 @@ class Engine:
             first = min(first, target)
             st.settled_to = first - first % MINUTE_MS
         minutes_until = st.watermark + 1
-        if target > st.settled_to:
+        if target >= st.settled_to + SETTLE_STEP_MS:
             done = sweep(
-                intervals, st.settled_to, target, cal.cycle_of, cal.next_cycle_start, minutes_until
+                [iv for iv in intervals if iv.end >= st.settled_to],
+                st.settled_to,
+                target,
+                cal.cycle_of,
+                cal.next_cycle_start,
+                minutes_until,
             )
             cps = cps_max(starts, st.settled_to, target, cal.cycle_of)
             self._apply_flags(st, cfg, done.occupied_at_start)
@@ -848,23 +911,43 @@ class Engine:
             self._publish_minutes(st, cfg, done.minutes, st.settled_to, target, final=True)
             st.settled_to = target
             self._evict_calls(st, target)
-        live = sweep(
-            intervals, st.settled_to, FAR, cal.cycle_of, cal.next_cycle_start, minutes_until
-        )
-        cps_live = cps_max(starts, st.settled_to, FAR, cal.cycle_of)
-        self._apply_flags(st, cfg, live.occupied_at_start)
+        # The live range [settled_to, FAR) is swept from the checkpoint (results up to
+        # prefix_at) unless an interval changed before it; max-merges make the overlap with
+        # already settled instants harmless.
+        lo = st.settled_to
+        base: dict[str, CyclePeaks] = {}
+        if st.prefix_at is not None and lo <= st.prefix_at <= st.dirty_from - 1000:
+            lo = st.prefix_at
+            base = {c: _from_peaks(p) for c, p in st.prefix.items()}
+        first_lo = lo
+        minutes: dict[tuple[str, int], int] = {}
+        checkpoint = st.watermark - self.config.allowed_lateness_ms - PREFIX_LAG_MS
+        checkpoint -= checkpoint % MINUTE_MS
+        if checkpoint > lo:
+            mid = sweep(
+                intervals, lo, checkpoint, cal.cycle_of, cal.next_cycle_start, minutes_until
+            )
+            self._apply_flags(st, cfg, mid.occupied_at_start)
+            _merge_into(base, mid.cycles, cps_max(starts, lo, checkpoint, cal.cycle_of))
+            minutes.update(mid.minutes)
+            st.prefix_at = checkpoint
+            st.prefix = {c: _to_peaks(p) for c, p in base.items()}
+            lo = checkpoint
+        st.dirty_from = FAR
+        tail = sweep(intervals, lo, FAR, cal.cycle_of, cal.next_cycle_start, minutes_until)
+        self._apply_flags(st, cfg, tail.occupied_at_start)
+        live = dict(base)
+        _merge_into(live, tail.cycles, cps_max(starts, lo, FAR, cal.cycle_of))
+        minutes.update(tail.minutes)
+        for cycle in live.keys() - st.cycles.keys():
+            self._cycle(st, cycle)
         for cycle, cs in st.cycles.items():
-            peaks = live.cycles.get(cycle)
+            peaks = live.get(cycle)
             new_live = _to_peaks(peaks) if peaks is not None else Peaks()
-            new_live.cps = cps_live.get(cycle, 0)
             if new_live != cs.live:
                 cs.live = new_live
                 self._dirty_cycles.setdefault(st.account, set()).add(cycle)
-        for cycle in live.cycles.keys() - st.cycles.keys():
-            cs = self._cycle(st, cycle)
-            cs.live = _to_peaks(live.cycles[cycle])
-            cs.live.cps = cps_live.get(cycle, 0)
-        self._publish_minutes(st, cfg, live.minutes, st.settled_to, minutes_until, final=False)
+        self._publish_minutes(st, cfg, minutes, first_lo, minutes_until, final=False)
 
     def _apply_flags(self, st: AccountState, cfg: AccountConfig, occupied: dict[str, int]) -> None:
         for cid, occ in occupied.items():
@@ -909,6 +992,7 @@ class Engine:
             and (c.blocked or self.effective_end(c) <= frontier)
         ]:
             call = st.calls.pop(cid)
+            self._ivs.get(st.account, {}).pop(cid, None)
             if cid in dirty:
                 dirty.discard(cid)
                 self._batch.facts.append(self._call_fact(st.account, call))
@@ -1194,6 +1278,20 @@ class Engine:
     def cycles_of(self, account: str) -> list[str]:
         st = self._states.get(account)
         return sorted(st.cycles) if st is not None else []
+
+
+def _merge_into(
+    acc: dict[str, CyclePeaks], later: dict[str, CyclePeaks], cps: dict[str, int]
+) -> None:
+    """Fold the peaks (and windowed starts) of a later range into ``acc``, per cycle."""
+    for cycle, peaks in later.items():
+        acc[cycle] = merge_range(acc[cycle], peaks) if cycle in acc else peaks
+    for cycle, n in cps.items():
+        cur = acc.get(cycle)
+        if cur is None:
+            acc[cycle] = CyclePeaks(cps=n)
+        elif n > cur.cps:
+            acc[cycle] = CyclePeaks(cur.account, cur.groups, cur.users, n)
 
 
 def _effective(cs: CycleState) -> Peaks:

@@ -141,12 +141,20 @@ class AccountState(Struct, kw_only=True):
     account: str
     watermark: int = -(2**62)
     seen: dict[str, int] = field(default_factory=dict)
+    #: (time, key) of ``seen`` in arrival order; entries before ``seen_head`` are expired
+    seen_log: list[tuple[int, str]] = field(default_factory=list)
+    seen_head: int = 0
     calls: dict[str, Call] = field(default_factory=dict)
     conversations: dict[str, list[Interaction]] = field(default_factory=dict)
     executions: dict[str, Execution] = field(default_factory=dict)
     pending_nlp: dict[str, PendingNlp] = field(default_factory=dict)
     cycles: dict[str, CycleState] = field(default_factory=dict)
     settled_to: int | None = None
+    #: live-sweep checkpoint: peaks of [settled_to, prefix_at), valid while no interval
+    #: changes before ``dirty_from``
+    prefix_at: int | None = None
+    prefix: dict[str, Peaks] = field(default_factory=dict)
+    dirty_from: int = -(2**62)
     sent_minutes: dict[str, int] = field(default_factory=dict)
     timeouts: list[tuple[int, str]] = field(default_factory=list)
     expiries: list[tuple[int, int, str]] = field(default_factory=list)

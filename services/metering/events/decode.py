@@ -30,10 +30,21 @@ def to_ms(ts: datetime) -> int:
     return (ts - EPOCH) // _MS
 
 
+_DAYS: dict[int, str] = {}
+
+
 def ms_to_rfc3339(ms: int) -> str:
     """RFC 3339 UTC with milliseconds, e.g. ``2026-11-03T14:05:00.000Z``."""
-    dt = EPOCH + timedelta(milliseconds=ms)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    day, rest = divmod(ms, 86_400_000)
+    prefix = _DAYS.get(day)
+    if prefix is None:
+        prefix = (EPOCH + timedelta(days=day)).strftime("%Y-%m-%dT")
+        if len(_DAYS) < 100_000:
+            _DAYS[day] = prefix
+    secs, milli = divmod(rest, 1000)
+    h, rem = divmod(secs, 3600)
+    m, s = divmod(rem, 60)
+    return f"{prefix}{h:02d}:{m:02d}:{s:02d}.{milli:03d}Z"
 
 
 class Rejection(msgspec.Struct, frozen=True):

@@ -180,6 +180,8 @@ INPUT_TYPES: dict[str, type[_Envelope]] = {
     "account.configured": AccountConfigured,
 }
 
+EVENT_TYPE: dict[type, str] = {cls: tag for tag, cls in INPUT_TYPES.items()}
+
 TOPIC_TYPES: dict[str, tuple[str, ...]] = {
     "cpaas.voice": ("call.started", "call.answered", "call.ended", "call.completed"),
     "cpaas.messaging": ("message.sent", "message.received"),
