@@ -51,7 +51,14 @@ from metering.engine.facts import (
     PeakFact,
     RawEventFact,
 )
-from metering.engine.rules import RULES, evaluate, round_ratio, rules_for, threshold_value
+from metering.engine.rules import (
+    RULES,
+    charge_kind,
+    evaluate,
+    round_ratio,
+    rules_for,
+    threshold_value,
+)
 from metering.engine.state import (
     AccountState,
     Call,
@@ -90,6 +97,7 @@ PREFIX_STEP_MS = 5 * 60_000
 SETTLE_STEP_MS = 15 * 60_000
 _SHELL, _NLP, _EXEC, _CLOSE = 1, 2, 3, 4
 FLAG_WARNED, FLAG_BREACHED, FLAG_FAILING = 1, 2, 4
+SURCHARGE_RULES = frozenset(n for n in RULES if charge_kind(n) == "surcharge")
 RATIO_RULES = frozenset(n for n, r in RULES.items() if r.ratio)
 
 
@@ -144,6 +152,7 @@ class Engine:
         self._dirty_cycles: dict[str, set[str]] = {}
         self._cals: dict[str, Calendar] = {}
         self._ivs: dict[str, dict[str, Interval]] = {}
+        self._pending: dict[str, set[str]] = {}
         self._last_cycle: tuple[AccountState, str, CycleState] | None = None
         self._handlers: dict[type, Any] = {
             CallStarted: self._call_started,
@@ -269,8 +278,9 @@ class Engine:
             call.cdr = None
             call.cdr_times = None
         call.started = new
+        self._retract(st, call)
         self._fill(call, st.account, d, cal)
-        self._settle_call(st, call)
+        self._pending_call(st, call)
         return "accepted"
 
     def _call(self, st: AccountState, call_id: str) -> Call:
@@ -343,7 +353,7 @@ class Engine:
             late = self.config.max_call_duration_ms + self.config.allowed_lateness_ms
             heapq.heappush(st.expiries, (t + late, _SHELL, cid))
         else:
-            self._settle_call(st, call)
+            self._pending_call(st, call)
         return "accepted"
 
     def _call_completed(
@@ -365,8 +375,9 @@ class Engine:
             None if d.answered_at is None else to_ms(d.answered_at),
             to_ms(d.ended_at),
         )
+        self._retract(st, call)
         self._fill(call, st.account, d, cal)
-        self._settle_call(st, call)
+        self._pending_call(st, call)
         return "accepted"
 
     def _derive(self, call: Call, cal: Calendar) -> None:
@@ -392,6 +403,10 @@ class Engine:
         call.cycle = cal.cycle_of(start)
         if call.blocked:
             call.over = False
+
+    def _pending_call(self, st: AccountState, call: Call) -> None:
+        """The call's description changed: settle it (once) at the next drain."""
+        self._pending.setdefault(st.account, set()).add(call.call_id)
 
     def _settle_call(self, st: AccountState, call: Call) -> None:
         """Recompute a described call's derived state and re-apply its contribution."""
@@ -698,6 +713,10 @@ class Engine:
     def _drain_account(self, st: AccountState) -> None:
         cfg = self.config_of(st.account)
         cal = calendar_for(cfg.timezone)
+        for cid in sorted(self._pending.pop(st.account, ())):
+            call = st.calls.get(cid)
+            if call is not None and (call.started is not None or call.cdr is not None):
+                self._settle_call(st, call)
         self._expire(st)
         self._timeouts(st)
         if st.dirty_calls or st.settled_to is None or self._frontier(st) > st.settled_to:
@@ -882,12 +901,12 @@ class Engine:
 
     def _concurrency(self, st: AccountState, cfg: AccountConfig, cal: Calendar) -> None:
         intervals = self._intervals(st)
-        starts = sorted(c.start for c in st.calls.values() if c.start is not None)
+        all_starts = [c.start for c in st.calls.values() if c.start is not None]
         target = self._frontier(st)
         if st.settled_to is None:
             first = min((iv.start for iv in intervals), default=target)
-            if starts:
-                first = min(first, starts[0])
+            if all_starts:
+                first = min(first, *all_starts) if len(all_starts) > 1 else all_starts[0]
             first = min(first, target)
             st.settled_to = first - first % MINUTE_MS
         minutes_until = st.watermark + 1
@@ -900,7 +919,9 @@ class Engine:
                 cal.next_cycle_start,
                 minutes_until,
             )
-            cps = cps_max(starts, st.settled_to, target, cal.cycle_of)
+            cps = cps_max(
+                _starts_from(all_starts, st.settled_to), st.settled_to, target, cal.cycle_of
+            )
             self._apply_flags(st, cfg, done.occupied_at_start)
             for cycle, peaks in done.cycles.items():
                 cs = self._cycle(st, cycle)
@@ -923,7 +944,9 @@ class Engine:
         minutes: dict[tuple[str, int], int] = {}
         checkpoint = st.watermark - self.config.allowed_lateness_ms - PREFIX_LAG_MS
         checkpoint -= checkpoint % MINUTE_MS
-        if checkpoint > lo:
+        intervals = [iv for iv in intervals if iv.end >= lo]
+        starts = _starts_from(all_starts, lo)
+        if checkpoint >= lo + PREFIX_STEP_MS:
             mid = sweep(
                 intervals, lo, checkpoint, cal.cycle_of, cal.next_cycle_start, minutes_until
             )
@@ -1006,43 +1029,44 @@ class Engine:
         hi: int,
         final: bool,
     ) -> None:
+        """Publish per-minute peaks that changed; a minute of [lo, hi) published before and
+        now without calls is published as 0. ``final`` minutes are forgotten afterwards."""
         sent = st.sent_minutes
         facts = self._batch.facts
-        fresh: dict[str, int] = {}
+        account = st.account
         for (group, minute), peak in minutes.items():
-            key = f"{group}\x1f{minute}"
-            fresh[key] = peak
-            if sent.get(key) != peak:
+            per_group = sent.get(group)
+            if per_group is None:
+                per_group = sent[group] = {}
+            if per_group.get(minute) != peak:
+                per_group[minute] = peak
                 facts.append(
                     MinutePeakFact(
-                        account=st.account,
+                        account=account,
                         trunk_group=group,
                         minute=minute,
                         peak=peak,
                         capacity=cfg.capacity_of(group),
                     )
                 )
-        for key in [
-            k
-            for k, v in sent.items()
-            if k not in fresh and v and lo <= int(k.rsplit("\x1f", 1)[1]) < hi
-        ]:
-            group, minute = key.rsplit("\x1f", 1)
-            facts.append(
-                MinutePeakFact(
-                    account=st.account,
-                    trunk_group=group,
-                    minute=int(minute),
-                    peak=0,
-                    capacity=cfg.capacity_of(group),
+        for group, per_group in sent.items():
+            stale = [
+                m for m, v in per_group.items() if v and lo <= m < hi and (group, m) not in minutes
+            ]
+            for m in stale:
+                per_group[m] = 0
+                facts.append(
+                    MinutePeakFact(
+                        account=account,
+                        trunk_group=group,
+                        minute=m,
+                        peak=0,
+                        capacity=cfg.capacity_of(group),
+                    )
                 )
-            )
-            fresh[key] = 0
-        if final:
-            for key in [k for k in sent if int(k.rsplit("\x1f", 1)[1]) < hi]:
-                del sent[key]
-        else:
-            sent.update(fresh)
+            if final:
+                for m in [m for m in per_group if m < hi]:
+                    del per_group[m]
 
     # ----------------------------------------------------------------- fair use
     def counters(self, cfg: AccountConfig, cs: CycleState) -> dict[tuple[str, str], Counter]:
@@ -1087,12 +1111,12 @@ class Engine:
         facts = self._batch.facts
         for (rule, scope), c in self.counters(cfg, cs).items():
             key = f"{rule}\x1f{scope}"
-            ev = evaluate(rule, c.num, c.den, c.aux, account_minutes)
-            charge = f"{ev.charge:.2f}"
-            sent = (c.num, c.den, c.aux, charge)
+            sent = (c.num, c.den, c.aux, account_minutes if rule in SURCHARGE_RULES else 0)
             if cs.sent_counters.get(key) == sent:
                 continue
             cs.sent_counters[key] = sent
+            ev = evaluate(rule, c.num, c.den, c.aux, account_minutes)
+            charge = f"{ev.charge:.2f}"
             facts.append(
                 FairUseFact(
                     account=st.account,
@@ -1278,6 +1302,10 @@ class Engine:
     def cycles_of(self, account: str) -> list[str]:
         st = self._states.get(account)
         return sorted(st.cycles) if st is not None else []
+
+
+def _starts_from(starts: list[int], lo: int) -> list[int]:
+    return sorted(t for t in starts if t >= lo)
 
 
 def _merge_into(

@@ -132,7 +132,7 @@ class CycleState(Struct, kw_only=True):
     settled: Peaks = field(default_factory=Peaks)
     live: Peaks = field(default_factory=Peaks)
     # what was last published, so only changes are re-emitted
-    sent_counters: dict[str, tuple[int, int, int, str]] = field(default_factory=dict)
+    sent_counters: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
     sent_flags: dict[str, int] = field(default_factory=dict)
     sent_peaks: dict[str, tuple[int, int | None]] = field(default_factory=dict)
 
@@ -155,7 +155,7 @@ class AccountState(Struct, kw_only=True):
     prefix_at: int | None = None
     prefix: dict[str, Peaks] = field(default_factory=dict)
     dirty_from: int = -(2**62)
-    sent_minutes: dict[str, int] = field(default_factory=dict)
+    sent_minutes: dict[str, dict[int, int]] = field(default_factory=dict)
     timeouts: list[tuple[int, str]] = field(default_factory=list)
     expiries: list[tuple[int, int, str]] = field(default_factory=list)
     dirty_calls: bool = False
