@@ -406,3 +406,11 @@ def test_statement_shape_matches_spec(cycle: str) -> None:
     assert st["concurrency"]["trunk_groups"]["tg-1"]["capacity"] == 20
     assert [(r["rule"], r["scope"]) for r in st["fair_use"]] == sorted(
         (r["rule"], r["scope"]) for r in st["fair_use"])
+
+
+def test_every_execution_is_published_even_when_it_expires_in_the_same_drain() -> None:
+    e = engine()
+    b = feed(e, [smartflow("x1", at(0), channel="api"), nlp("x1", at(1)),
+                 message("message.sent", at(25 * 60))])
+    facts = [f for f in b.facts if type(f).__name__ == "ExecutionFact"]
+    assert [(f.execution_id, f.nlp_uses) for f in facts] == [("x1", 1)]

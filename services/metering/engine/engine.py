@@ -732,17 +732,7 @@ class Engine:
         for eid in sorted(self._dirty_exec.pop(st.account, ())):
             ex = st.executions.get(eid)
             if ex is not None:
-                facts.append(
-                    ExecutionFact(
-                        account=st.account,
-                        execution_id=ex.id,
-                        flow_id=ex.flow_id,
-                        channel=ex.channel,
-                        cycle=ex.cycle,
-                        time=ex.time,
-                        nlp_uses=ex.nlp_uses,
-                    )
-                )
+                facts.append(_execution_fact(st.account, ex))
         for cycle in sorted(self._dirty_cycles.pop(st.account, ())):
             self._publish_cycle(st, cfg, cycle, st.cycles[cycle])
 
@@ -810,7 +800,11 @@ class Engine:
                             st.account,
                         )
             elif kind == _EXEC:
-                st.executions.pop(key, None)
+                ex = st.executions.pop(key, None)
+                dirty = self._dirty_exec.get(st.account)
+                if ex is not None and dirty is not None and key in dirty:
+                    dirty.discard(key)
+                    self._batch.facts.append(_execution_fact(st.account, ex))
             elif kind == _CLOSE:
                 conv, iid = key.split("\x1e")
                 chain = st.conversations.get(conv)
@@ -1362,6 +1356,18 @@ def _interaction_fact(account: str, inter: Interaction, deleted: bool = False) -
         items=inter.items,
         closed=inter.closed,
         deleted=deleted,
+    )
+
+
+def _execution_fact(account: str, ex: Execution) -> ExecutionFact:
+    return ExecutionFact(
+        account=account,
+        execution_id=ex.id,
+        flow_id=ex.flow_id,
+        channel=ex.channel,
+        cycle=ex.cycle,
+        time=ex.time,
+        nlp_uses=ex.nlp_uses,
     )
 
 

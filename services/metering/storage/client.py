@@ -118,9 +118,7 @@ def _check_database(name: str) -> str:
     return name
 
 
-def _connect_dir(
-    db_dir: str, database: str, settings: dict[str, Any] | None
-) -> tuple[Client, str]:
+def _connect_dir(db_dir: str, database: str, settings: dict[str, Any] | None) -> tuple[Client, str]:
     db = _check_database(database)
     if not db_dir or db_dir.startswith(("chdb:", "http:", "https:")):
         raise StorageError(f"db_dir must be a directory path, got {db_dir!r} (pass URLs as url=)")
@@ -150,9 +148,7 @@ def _redacted(parts: SplitResult) -> str:
     return f"{parts.scheme}://{user}{host}{port}"
 
 
-def _connect_url(
-    url: str, database: str, settings: dict[str, Any] | None
-) -> tuple[Client, str]:
+def _connect_url(url: str, database: str, settings: dict[str, Any] | None) -> tuple[Client, str]:
     try:
         parts = urlsplit(url)
         _ = parts.port  # validates the port
@@ -190,5 +186,7 @@ def _use_database(client: Client, db: str) -> None:
             parameters={"db": db},
         )
         if str(exists).strip() in ("", "0"):
-            raise StorageError(f"database {db} does not exist and cannot be created: {exc}") from exc
+            raise StorageError(
+                f"database {db} does not exist and cannot be created: {exc}"
+            ) from exc
     client.database = db

@@ -136,13 +136,7 @@ def read_statement_facts(client: Client, account: str, cycle: str) -> StatementF
             stored = None if capacity is None else int(capacity)
             f.trunk_groups[owner] = (int(peak), at, cfg.capacity(owner, stored))
 
-    if not (
-        f.attempts
-        or f.messages
-        or int(executions)
-        or any(f.interactions.values())
-        or f.peak
-    ):
+    if not (f.attempts or f.messages or int(executions) or any(f.interactions.values()) or f.peak):
         return None
 
     users: list[str] = []
