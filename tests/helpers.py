@@ -20,15 +20,29 @@ def at(minutes: float = 0, seconds: float = 0, base: datetime = T0) -> str:
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def raw(etype: str, time: str, data: dict[str, Any], *, account: str = "acct-1",
-        source: str = "//test", eid: str | None = None) -> bytes:
+def raw(
+    etype: str,
+    time: str,
+    data: dict[str, Any],
+    *,
+    account: str = "acct-1",
+    source: str = "//test",
+    eid: str | None = None,
+) -> bytes:
     if eid is None:
         _SEQ[0] += 1
         eid = f"e{_SEQ[0]}"
-    return orjson.dumps({
-        "specversion": "1.0", "id": eid, "source": source, "type": etype, "time": time,
-        "subject": account, "data": data,
-    })
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": eid,
+            "source": source,
+            "type": etype,
+            "time": time,
+            "subject": account,
+            "data": data,
+        }
+    )
 
 
 def decode(b: bytes) -> InputEvent:
@@ -37,10 +51,22 @@ def decode(b: bytes) -> InputEvent:
     return ev
 
 
-def call_started(call_id: str, time: str, *, tg: str = "tg-1", direction: str = "outbound",
-                 route_class: str = "local", **extra: Any) -> bytes:
-    data = {"call_id": call_id, "trunk_group": tg, "direction": direction,
-            "route_class": route_class, **extra}
+def call_started(
+    call_id: str,
+    time: str,
+    *,
+    tg: str = "tg-1",
+    direction: str = "outbound",
+    route_class: str = "local",
+    **extra: Any,
+) -> bytes:
+    data = {
+        "call_id": call_id,
+        "trunk_group": tg,
+        "direction": direction,
+        "route_class": route_class,
+        **extra,
+    }
     return raw("call.started", time, data, **_acct(extra, data))
 
 
@@ -60,26 +86,65 @@ def call_ended(call_id: str, time: str, **kw: Any) -> bytes:
     return raw("call.ended", time, {"call_id": call_id}, **kw)
 
 
-def cdr(call_id: str, started: str, answered: str | None, ended: str, *, tg: str = "tg-1",
-        direction: str = "outbound", route_class: str = "local", account: str = "acct-1",
-        source: str = "//test", eid: str | None = None, **extra: Any) -> bytes:
-    data = {"call_id": call_id, "trunk_group": tg, "direction": direction,
-            "route_class": route_class, "started_at": started, "answered_at": answered,
-            "ended_at": ended, **extra}
+def cdr(
+    call_id: str,
+    started: str,
+    answered: str | None,
+    ended: str,
+    *,
+    tg: str = "tg-1",
+    direction: str = "outbound",
+    route_class: str = "local",
+    account: str = "acct-1",
+    source: str = "//test",
+    eid: str | None = None,
+    **extra: Any,
+) -> bytes:
+    data = {
+        "call_id": call_id,
+        "trunk_group": tg,
+        "direction": direction,
+        "route_class": route_class,
+        "started_at": started,
+        "answered_at": answered,
+        "ended_at": ended,
+        **extra,
+    }
     return raw("call.completed", ended, data, account=account, source=source, eid=eid)
 
 
-def message(kind: str, time: str, *, channel: str = "sms", business: str = "+1000",
-            remote: str = "+2000", segments: int = 1, message_id: str | None = None,
-            **kw: Any) -> bytes:
+def message(
+    kind: str,
+    time: str,
+    *,
+    channel: str = "sms",
+    business: str = "+1000",
+    remote: str = "+2000",
+    segments: int = 1,
+    message_id: str | None = None,
+    **kw: Any,
+) -> bytes:
     _SEQ[0] += 1
-    data = {"message_id": message_id or f"m{_SEQ[0]}", "channel": channel,
-            "business_address": business, "remote_address": remote, "segments": segments}
+    data = {
+        "message_id": message_id or f"m{_SEQ[0]}",
+        "channel": channel,
+        "business_address": business,
+        "remote_address": remote,
+        "segments": segments,
+    }
     return raw(kind, time, data, **kw)
 
 
-def smartflow(execution_id: str, time: str, *, channel: str = "voice", flow_id: str = "f1",
-              business: str | None = None, remote: str | None = None, **kw: Any) -> bytes:
+def smartflow(
+    execution_id: str,
+    time: str,
+    *,
+    channel: str = "voice",
+    flow_id: str = "f1",
+    business: str | None = None,
+    remote: str | None = None,
+    **kw: Any,
+) -> bytes:
     data: dict[str, Any] = {"execution_id": execution_id, "flow_id": flow_id, "channel": channel}
     if business is not None:
         data["business_address"] = business

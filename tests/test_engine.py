@@ -53,11 +53,14 @@ def rule(st: dict[str, Any], name: str, scope: str = "account") -> dict[str, Any
 def test_item_at_deadline_opens_new_interaction() -> None:
     e = engine()
     # UTC account: origin 2026-11-10 12:00 -> deadline 2026-11-12 00:00
-    feed(e, [
-        message("message.sent", "2026-11-10T12:00:00.000Z"),
-        message("message.received", "2026-11-11T23:59:59.999Z"),
-        message("message.sent", "2026-11-12T00:00:00.000Z"),
-    ])
+    feed(
+        e,
+        [
+            message("message.sent", "2026-11-10T12:00:00.000Z"),
+            message("message.received", "2026-11-11T23:59:59.999Z"),
+            message("message.sent", "2026-11-12T00:00:00.000Z"),
+        ],
+    )
     st = statement(e)
     assert st["interactions"]["by_channel"]["sms"] == 2
     assert st["messages"] == {"total": 3, "segments": 3}
@@ -67,11 +70,14 @@ def test_deadline_across_dst_change_is_24_absolute_hours() -> None:
     e = engine({"acct-1": {"timezone": "America/Denver"}})
     # origin Oct 31 local (MDT, -6): end of day = Nov 1 06:00Z, deadline = Nov 2 06:00Z,
     # which is 23:00 local on Nov 1 (MST), not the next local midnight (Nov 2 07:00Z).
-    b = feed(e, [
-        message("message.sent", "2026-10-31T20:00:00.000Z"),
-        message("message.sent", "2026-11-02T05:59:59.999Z"),
-        message("message.sent", "2026-11-02T06:00:00.000Z"),
-    ])
+    b = feed(
+        e,
+        [
+            message("message.sent", "2026-10-31T20:00:00.000Z"),
+            message("message.sent", "2026-11-02T05:59:59.999Z"),
+            message("message.sent", "2026-11-02T06:00:00.000Z"),
+        ],
+    )
     opened = [o for o in b.outputs if o.type == "interaction.opened"]
     assert [o.data["deadline"] for o in opened] == [
         "2026-11-02T06:00:00.000Z",
@@ -83,24 +89,35 @@ def test_deadline_across_dst_change_is_24_absolute_hours() -> None:
 
 def test_both_directions_and_mms_share_one_conversation() -> None:
     e = engine()
-    feed(e, [
-        message("message.sent", at(0), channel="sms"),
-        message("message.received", at(1), channel="mms", segments=3),
-        message("message.sent", at(2), channel="whatsapp"),
-    ])
+    feed(
+        e,
+        [
+            message("message.sent", at(0), channel="sms"),
+            message("message.received", at(1), channel="mms", segments=3),
+            message("message.sent", at(2), channel="whatsapp"),
+        ],
+    )
     st = statement(e)
     assert st["interactions"]["by_channel"] == {
-        "voice": 0, "sms": 1, "whatsapp": 1, "facebook": 0, "api": 0}
+        "voice": 0,
+        "sms": 1,
+        "whatsapp": 1,
+        "facebook": 0,
+        "api": 0,
+    }
     assert st["messages"]["segments"] == 5
 
 
 def test_late_item_becomes_origin_within_lateness() -> None:
     e = engine()
     # arrival order: 00:05 then 23:59 of the previous day (6 minutes late)
-    b = feed(e, [
-        message("message.sent", "2026-11-11T00:05:00.000Z"),
-        message("message.sent", "2026-11-10T23:59:00.000Z"),
-    ])
+    b = feed(
+        e,
+        [
+            message("message.sent", "2026-11-11T00:05:00.000Z"),
+            message("message.sent", "2026-11-10T23:59:00.000Z"),
+        ],
+    )
     st = statement(e)
     assert st["interactions"]["total"] == 1
     closed = [o for o in b.outputs if o.type == "interaction.closed"]
@@ -112,16 +129,24 @@ def test_late_item_becomes_origin_within_lateness() -> None:
 
 def test_voice_and_api_smartflows_are_interactions_by_themselves() -> None:
     e = engine()
-    feed(e, [
-        smartflow("x1", at(0), channel="voice"),
-        smartflow("x2", at(0), channel="voice"),
-        smartflow("x3", at(1), channel="api"),
-        smartflow("x4", at(2), channel="sms", business="+1", remote="+2"),
-        message("message.sent", at(3), business="+1", remote="+2"),
-    ])
+    feed(
+        e,
+        [
+            smartflow("x1", at(0), channel="voice"),
+            smartflow("x2", at(0), channel="voice"),
+            smartflow("x3", at(1), channel="api"),
+            smartflow("x4", at(2), channel="sms", business="+1", remote="+2"),
+            message("message.sent", at(3), business="+1", remote="+2"),
+        ],
+    )
     st = statement(e)
     assert st["interactions"]["by_channel"] == {
-        "voice": 2, "sms": 1, "whatsapp": 0, "facebook": 0, "api": 1}
+        "voice": 2,
+        "sms": 1,
+        "whatsapp": 0,
+        "facebook": 0,
+        "api": 1,
+    }
     assert st["interactions"]["total"] == 4
 
 
@@ -139,11 +164,19 @@ def test_interaction_closes_when_watermark_passes_deadline_plus_lateness() -> No
 # ------------------------------------------------------------------ calls
 def test_minutes_round_up_per_call_and_unanswered_have_none() -> None:
     e = engine()
-    feed(e, [
-        call_started("c1", at(0)), call_answered("c1", at(0, 5)), call_ended("c1", at(1, 5)),
-        call_started("c2", at(0)), call_answered("c2", at(0, 5)), call_ended("c2", at(1, 6)),
-        call_started("c3", at(0)), call_ended("c3", at(0, 30)),
-    ])
+    feed(
+        e,
+        [
+            call_started("c1", at(0)),
+            call_answered("c1", at(0, 5)),
+            call_ended("c1", at(1, 5)),
+            call_started("c2", at(0)),
+            call_answered("c2", at(0, 5)),
+            call_ended("c2", at(1, 6)),
+            call_started("c3", at(0)),
+            call_ended("c3", at(0, 30)),
+        ],
+    )
     v = statement(e)["voice"]
     assert v["attempts"] == 3 and v["answered"] == 2
     assert v["billable_minutes"] == 1 + 2
@@ -152,10 +185,15 @@ def test_minutes_round_up_per_call_and_unanswered_have_none() -> None:
 
 def test_call_ending_when_another_starts_does_not_overlap() -> None:
     e = engine({"acct-1": {"trunk_groups": {"tg-1": {"capacity": 1}}}})
-    feed(e, [
-        call_started("c1", at(0)), call_ended("c1", at(5)),
-        call_started("c2", at(5)), call_ended("c2", at(9)),
-    ])
+    feed(
+        e,
+        [
+            call_started("c1", at(0)),
+            call_ended("c1", at(5)),
+            call_started("c2", at(5)),
+            call_ended("c2", at(9)),
+        ],
+    )
     st = statement(e)
     assert st["concurrency"]["peak"] == 1
     assert st["concurrency"]["peak_at"] == at(0)
@@ -165,11 +203,14 @@ def test_call_ending_when_another_starts_does_not_overlap() -> None:
 def test_call_spanning_cycle_boundary_occupies_in_both_cycles() -> None:
     e = engine({"acct-1": {"timezone": "America/Denver"}})
     # Denver cycle 2026-11 starts 2026-11-01T06:00Z
-    feed(e, [
-        call_started("c1", "2026-11-01T05:50:00.000Z"),
-        call_answered("c1", "2026-11-01T05:50:00.000Z"),
-        call_ended("c1", "2026-11-01T06:10:00.000Z"),
-    ])
+    feed(
+        e,
+        [
+            call_started("c1", "2026-11-01T05:50:00.000Z"),
+            call_answered("c1", "2026-11-01T05:50:00.000Z"),
+            call_ended("c1", "2026-11-01T06:10:00.000Z"),
+        ],
+    )
     oct_, nov = statement(e, "2026-10"), statement(e, "2026-11")
     assert oct_["voice"]["attempts"] == 1 and oct_["voice"]["billable_minutes"] == 20
     assert oct_["concurrency"]["peak_at"] == "2026-11-01T05:50:00.000Z"
@@ -180,33 +221,51 @@ def test_call_spanning_cycle_boundary_occupies_in_both_cycles() -> None:
 
 
 def test_redundant_trunk_group_shares_capacity_of_its_primary() -> None:
-    e = engine({"acct-1": {"trunk_groups": {"tg-1": {"capacity": 1, "bundle": "call_path"},
-                                            "tg-1b": {"redundant_for": "tg-1"}}}})
-    feed(e, [
-        call_started("c1", at(0), tg="tg-1"), call_ended("c1", at(10)),
-        call_started("c2", at(1), tg="tg-1b"), call_ended("c2", at(2)),
-    ])
+    e = engine(
+        {
+            "acct-1": {
+                "trunk_groups": {
+                    "tg-1": {"capacity": 1, "bundle": "call_path"},
+                    "tg-1b": {"redundant_for": "tg-1"},
+                }
+            }
+        }
+    )
+    feed(
+        e,
+        [
+            call_started("c1", at(0), tg="tg-1"),
+            call_ended("c1", at(10)),
+            call_started("c2", at(1), tg="tg-1b"),
+            call_ended("c2", at(2)),
+        ],
+    )
     st = statement(e)
     assert st["concurrency"]["trunk_groups"] == {
-        "tg-1": {"peak": 2, "peak_at": at(1), "capacity": 1}}
+        "tg-1": {"peak": 2, "peak_at": at(1), "capacity": 1}
+    }
     assert st["voice"]["over_capacity"] == 1
     assert any(r["scope"] == "trunk_group:tg-1" for r in st["fair_use"])
 
 
 def test_blocked_call_counts_as_attempt_only() -> None:
     e = engine({"acct-1": {"trunk_groups": {"tg-1": {"capacity": 1}}}})
-    feed(e, [
-        call_started("c1", at(0), user="u1"), call_answered("c1", at(0)),
-        call_ended("c1", at(10)),
-        call_started("c2", at(1), user="u2", blocked=True), call_ended("c2", at(1)),
-    ])
+    feed(
+        e,
+        [
+            call_started("c1", at(0), user="u1"),
+            call_answered("c1", at(0)),
+            call_ended("c1", at(10)),
+            call_started("c2", at(1), user="u2", blocked=True),
+            call_ended("c2", at(1)),
+        ],
+    )
     st = statement(e)
     v = st["voice"]
     assert (v["attempts"], v["blocked"], v["over_capacity"], v["answered"]) == (2, 1, 0, 1)
     assert st["concurrency"]["peak"] == 1
     # u2 had only a blocked call: no user scope
-    assert {r["scope"] for r in st["fair_use"] if r["rule"] == "minutes_per_user"} == {
-        "user:u1"}
+    assert {r["scope"] for r in st["fair_use"] if r["rule"] == "minutes_per_user"} == {"user:u1"}
 
 
 def test_missing_end_times_out_at_max_call_duration() -> None:
@@ -222,8 +281,9 @@ def test_missing_end_times_out_at_max_call_duration() -> None:
 
 def test_late_end_within_lateness_undoes_time_out() -> None:
     e = engine()
-    feed(e, [call_started("c1", at(0)), call_answered("c1", at(0)),
-              message("message.sent", at(241))])
+    feed(
+        e, [call_started("c1", at(0)), call_answered("c1", at(0)), message("message.sent", at(241))]
+    )
     assert statement(e)["voice"]["timed_out"] == 1
     feed(e, [call_ended("c1", at(239, 30))])
     v = statement(e)["voice"]
@@ -253,10 +313,15 @@ def test_cdr_corrects_peak_back_to_its_start() -> None:
 
 def test_simultaneous_starts_are_ordered_by_source_then_id() -> None:
     e = engine({"acct-1": {"trunk_groups": {"tg-1": {"capacity": 1}}}})
-    b = feed(e, [
-        call_started("late", at(0), source="//b", eid="1"), call_ended("late", at(5)),
-        call_started("early", at(0), source="//a", eid="9"), call_ended("early", at(5)),
-    ])
+    b = feed(
+        e,
+        [
+            call_started("late", at(0), source="//b", eid="1"),
+            call_ended("late", at(5)),
+            call_started("early", at(0), source="//a", eid="9"),
+            call_ended("early", at(5)),
+        ],
+    )
     assert [o.data["call_id"] for o in b.outputs if o.type == "capacity.exceeded"] == ["late"]
 
 
@@ -277,11 +342,17 @@ def test_calls_per_second_window() -> None:
 
 def test_bundle_sharing_counts_users_concurrent_calls() -> None:
     e = engine()
-    feed(e, [
-        call_started("c1", at(0), user="u1"), call_ended("c1", at(5)),
-        call_started("c2", at(4), user="u1", tg="tg-9"), call_ended("c2", at(6)),
-        call_started("c3", at(5), user="u2"), call_ended("c3", at(6)),
-    ])
+    feed(
+        e,
+        [
+            call_started("c1", at(0), user="u1"),
+            call_ended("c1", at(5)),
+            call_started("c2", at(4), user="u1", tg="tg-9"),
+            call_ended("c2", at(6)),
+            call_started("c3", at(5), user="u2"),
+            call_ended("c3", at(6)),
+        ],
+    )
     st = statement(e)
     assert rule(st, "bundle_sharing", "user:u1")["status"] == "breach"
     assert rule(st, "bundle_sharing", "user:u1")["value"] == 2
@@ -290,8 +361,17 @@ def test_bundle_sharing_counts_users_concurrent_calls() -> None:
 
 def test_nlp_share_matches_executions_in_any_order() -> None:
     e = engine()
-    feed(e, [nlp("x1", at(0, 1)), smartflow("x1", at(0)), smartflow("x2", at(0)),
-              nlp("x2", at(0, 2)), nlp("x2", at(0, 3)), smartflow("x3", at(1))])
+    feed(
+        e,
+        [
+            nlp("x1", at(0, 1)),
+            smartflow("x1", at(0)),
+            smartflow("x2", at(0)),
+            nlp("x2", at(0, 2)),
+            nlp("x2", at(0, 3)),
+            smartflow("x3", at(1)),
+        ],
+    )
     r = rule(statement(e), "nlp_share")
     assert r["value"] == 0.6667 and r["status"] == "insufficient_data"
 
@@ -353,20 +433,33 @@ def test_bad_account_configuration_event_is_dead_lettered() -> None:
 
 def test_account_configured_event_applies_without_restart() -> None:
     e = engine()
-    cfg = raw("account.configured", at(0),
-              {"timezone": "UTC", "trunk_groups": {"tg-1": {"capacity": 1}}})
-    feed(e, [cfg, call_started("c1", at(1)), call_ended("c1", at(5)),
-             call_started("c2", at(2)), call_ended("c2", at(3))])
+    cfg = raw(
+        "account.configured", at(0), {"timezone": "UTC", "trunk_groups": {"tg-1": {"capacity": 1}}}
+    )
+    feed(
+        e,
+        [
+            cfg,
+            call_started("c1", at(1)),
+            call_ended("c1", at(5)),
+            call_started("c2", at(2)),
+            call_ended("c2", at(3)),
+        ],
+    )
     assert statement(e)["voice"]["over_capacity"] == 1
 
 
 # ------------------------------------------------------------------ state
 def test_state_snapshot_round_trip_continues_identically() -> None:
     events = [
-        call_started("c1", at(0), user="u1"), call_answered("c1", at(0, 5)),
-        message("message.sent", at(1)), smartflow("x1", at(2), channel="api"),
-        call_ended("c1", at(7)), cdr("c2", at(3), at(3), at(9), user="u1"),
-        message("message.received", at(12)), nlp("x1", at(13)),
+        call_started("c1", at(0), user="u1"),
+        call_answered("c1", at(0, 5)),
+        message("message.sent", at(1)),
+        smartflow("x1", at(2), channel="api"),
+        call_ended("c1", at(7)),
+        cdr("c2", at(3), at(3), at(9), user="u1"),
+        message("message.received", at(12)),
+        nlp("x1", at(13)),
     ]
     whole = engine()
     feed(whole, events)
@@ -381,8 +474,7 @@ def test_state_snapshot_round_trip_continues_identically() -> None:
 
 def test_memory_is_released_after_settling() -> None:
     e = engine()
-    feed(e, [call_started("c1", at(0)), call_ended("c1", at(1)),
-             message("message.sent", at(2))])
+    feed(e, [call_started("c1", at(0)), call_ended("c1", at(1)), message("message.sent", at(2))])
     st = e.state("acct-1")
     assert st.calls and st.conversations and st.seen
     feed(e, [message("message.sent", at(3 * 24 * 60), remote="+7")])
@@ -395,22 +487,46 @@ def test_memory_is_released_after_settling() -> None:
 
 @pytest.mark.parametrize("cycle", ["2026-11"])
 def test_statement_shape_matches_spec(cycle: str) -> None:
-    e = engine({"acct-1": {"timezone": "America/Denver",
-                           "trunk_groups": {"tg-1": {"capacity": 20}}}})
+    e = engine(
+        {"acct-1": {"timezone": "America/Denver", "trunk_groups": {"tg-1": {"capacity": 20}}}}
+    )
     feed(e, [call_started("c1", at(0)), call_ended("c1", at(1))])
     st = statement(e, cycle)
-    assert list(st) == ["account", "cycle", "timezone", "interactions", "messages", "voice",
-                        "concurrency", "fair_use", "charges"]
-    assert list(st["voice"]) == ["attempts", "answered", "blocked", "timed_out",
-                                 "over_capacity", "billable_minutes", "minutes_by_route_class"]
+    assert list(st) == [
+        "account",
+        "cycle",
+        "timezone",
+        "interactions",
+        "messages",
+        "voice",
+        "concurrency",
+        "fair_use",
+        "charges",
+    ]
+    assert list(st["voice"]) == [
+        "attempts",
+        "answered",
+        "blocked",
+        "timed_out",
+        "over_capacity",
+        "billable_minutes",
+        "minutes_by_route_class",
+    ]
     assert st["concurrency"]["trunk_groups"]["tg-1"]["capacity"] == 20
     assert [(r["rule"], r["scope"]) for r in st["fair_use"]] == sorted(
-        (r["rule"], r["scope"]) for r in st["fair_use"])
+        (r["rule"], r["scope"]) for r in st["fair_use"]
+    )
 
 
 def test_every_execution_is_published_even_when_it_expires_in_the_same_drain() -> None:
     e = engine()
-    b = feed(e, [smartflow("x1", at(0), channel="api"), nlp("x1", at(1)),
-                 message("message.sent", at(25 * 60))])
+    b = feed(
+        e,
+        [
+            smartflow("x1", at(0), channel="api"),
+            nlp("x1", at(1)),
+            message("message.sent", at(25 * 60)),
+        ],
+    )
     facts = [f for f in b.facts if type(f).__name__ == "ExecutionFact"]
     assert [(f.execution_id, f.nlp_uses) for f in facts] == [("x1", 1)]

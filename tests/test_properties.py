@@ -53,23 +53,24 @@ def scenario(draw: st.DrawFn) -> list[bytes]:
     events: list[bytes] = []
     horizon = 12 * 3_600_000
     # times on a coarse grid make simultaneous starts/ends common; some carry milliseconds
-    moment = st.integers(0, horizon // 30_000).map(lambda k: k * 30_000) | st.integers(
-        0, horizon
-    )
+    moment = st.integers(0, horizon // 30_000).map(lambda k: k * 30_000) | st.integers(0, horizon)
     n_calls = draw(st.integers(0, 14))
     for i in range(n_calls):
         acct = draw(st.sampled_from(["acct-1", "acct-1", "acct-2"]))
         start = draw(moment)
-        dur = draw(st.sampled_from([0, 30_000, 60_000, 61_000, 600_000, 3_600_000])
-                   | st.integers(0, 5 * 3_600_000))
+        dur = draw(
+            st.sampled_from([0, 30_000, 60_000, 61_000, 600_000, 3_600_000])
+            | st.integers(0, 5 * 3_600_000)
+        )
         answered = draw(st.booleans())
         ring = draw(st.sampled_from([0, 1_000, 5_000]))
         kind = draw(st.sampled_from(["lifecycle", "lifecycle", "cdr", "no_end"]))
         attrs: dict[str, Any] = {
             "tg": draw(st.sampled_from(["tg-1", "tg-1b", "tg-2", "tg-9"])),
             "direction": draw(st.sampled_from(["inbound", "outbound"])),
-            "route_class": draw(st.sampled_from(["local", "domestic_ld", "toll_free",
-                                                 "international"])),
+            "route_class": draw(
+                st.sampled_from(["local", "domestic_ld", "toll_free", "international"])
+            ),
             "user": draw(st.sampled_from(["u1", "u2", None])),
             "carrier_class": draw(st.sampled_from(["rboc", "itoc", "clec"])),
             "region": draw(st.sampled_from(["CO", "AK", "HI"])),
@@ -83,8 +84,7 @@ def scenario(draw: st.DrawFn) -> list[bytes]:
         ans = start + min(ring, dur) if answered else None
         end = start + dur
         if kind == "cdr":
-            events.append(cdr(cid, ts(start), None if ans is None else ts(ans), ts(end),
-                              **attrs))
+            events.append(cdr(cid, ts(start), None if ans is None else ts(ans), ts(end), **attrs))
             continue
         events.append(call_started(cid, ts(start), **attrs))
         extra = {"account": acct, "source": attrs["source"]}
@@ -94,14 +94,16 @@ def scenario(draw: st.DrawFn) -> list[bytes]:
             events.append(call_ended(cid, ts(end), **extra))
     n_msgs = draw(st.integers(0, 12))
     for _ in range(n_msgs):
-        events.append(message(
-            draw(st.sampled_from(["message.sent", "message.received"])),
-            ts(draw(st.integers(0, 40 * 3_600_000))),
-            channel=draw(st.sampled_from(["sms", "mms", "whatsapp"])),
-            remote=draw(st.sampled_from(["+20", "+21"])),
-            segments=draw(st.integers(1, 3)),
-            account=draw(st.sampled_from(["acct-1", "acct-2"])),
-        ))
+        events.append(
+            message(
+                draw(st.sampled_from(["message.sent", "message.received"])),
+                ts(draw(st.integers(0, 40 * 3_600_000))),
+                channel=draw(st.sampled_from(["sms", "mms", "whatsapp"])),
+                remote=draw(st.sampled_from(["+20", "+21"])),
+                segments=draw(st.integers(1, 3)),
+                account=draw(st.sampled_from(["acct-1", "acct-2"])),
+            )
+        )
     n_flows = draw(st.integers(0, 6))
     for i in range(n_flows):
         acct = draw(st.sampled_from(["acct-1", "acct-2"]))
@@ -154,14 +156,18 @@ def expected(events: list[bytes]) -> dict:
     return reference_statements([decode(b) for b in events], accounts)
 
 
-SETTINGS = settings(max_examples=120, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @SETTINGS
 @given(scenario(), st.randoms(use_true_random=False))
-def test_any_order_within_lateness_matches_reference(events: list[bytes],
-                                                     rnd: random.Random) -> None:
+def test_any_order_within_lateness_matches_reference(
+    events: list[bytes], rnd: random.Random
+) -> None:
     want = expected(events)
     got = run_engine(arrival_order(events, rnd, dup_rate=0.0), rnd)
     assert got == want
@@ -177,8 +183,9 @@ def test_duplicates_never_change_a_statement(events: list[bytes], rnd: random.Ra
 
 @SETTINGS
 @given(scenario(), st.randoms(use_true_random=False))
-def test_crash_and_restart_from_snapshot_changes_nothing(events: list[bytes],
-                                                         rnd: random.Random) -> None:
+def test_crash_and_restart_from_snapshot_changes_nothing(
+    events: list[bytes], rnd: random.Random
+) -> None:
     want = expected(events)
     got = run_engine(arrival_order(events, rnd, dup_rate=0.1), rnd, restart=True)
     assert got == want

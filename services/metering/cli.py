@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from metering.engine.accounts import AccountConfigError, AccountConfig, load_accounts
+from metering.engine.accounts import AccountConfig, AccountConfigError, load_accounts
 from metering.engine.engine import EngineConfig
 
 
@@ -34,21 +34,39 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("time rules (SPEC sections 2, 3 and 5)")
-    g.add_argument("--allowed-lateness", type=float, default=900, metavar="SECONDS",
-                   help="allowed lateness behind an account's watermark (default 900)")
-    g.add_argument("--dedupe-horizon", type=float, default=86_400, metavar="SECONDS",
-                   help="how long (source, id) pairs are remembered (default 86400)")
-    g.add_argument("--max-call-duration", type=float, default=14_400, metavar="SECONDS",
-                   help="calls longer than this time out (default 14400)")
+    g.add_argument(
+        "--allowed-lateness",
+        type=float,
+        default=900,
+        metavar="SECONDS",
+        help="allowed lateness behind an account's watermark (default 900)",
+    )
+    g.add_argument(
+        "--dedupe-horizon",
+        type=float,
+        default=86_400,
+        metavar="SECONDS",
+        help="how long (source, id) pairs are remembered (default 86400)",
+    )
+    g.add_argument(
+        "--max-call-duration",
+        type=float,
+        default=14_400,
+        metavar="SECONDS",
+        help="calls longer than this time out (default 14400)",
+    )
 
 
 def _add_db_options(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--db", metavar="DIR", help="embedded ClickHouse (chDB) directory")
-    g.add_argument("--clickhouse-url", metavar="URL",
-                   default=os.environ.get("CLICKHOUSE_URL"),
-                   help="ClickHouse server URL, e.g. http://user:pass@host:8123/metering "
-                        "(default: $CLICKHOUSE_URL)")
+    g.add_argument(
+        "--clickhouse-url",
+        metavar="URL",
+        default=os.environ.get("CLICKHOUSE_URL"),
+        help="ClickHouse server URL, e.g. http://user:pass@host:8123/metering "
+        "(default: $CLICKHOUSE_URL)",
+    )
 
 
 def _connect(args: argparse.Namespace) -> Any:
@@ -79,9 +97,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     client = _connect(args)
     sink = ClickHouseSink(client)
     try:
-        summary, _ = replay(args.events, accounts, sink, config=_engine_config(args),
-                            batch_size=args.batch_size,
-                            progress=None if args.quiet else progress_printer())
+        summary, _ = replay(
+            args.events,
+            accounts,
+            sink,
+            config=_engine_config(args),
+            batch_size=args.batch_size,
+            progress=None if args.quiet else progress_printer(),
+        )
     except FileNotFoundError as exc:
         raise CliError(str(exc)) from exc
     print(summary.render())
@@ -101,8 +124,11 @@ def cmd_statement(args: argparse.Namespace) -> int:
 
 
 def _check_cycle(cycle: str) -> None:
-    if len(cycle) != 7 or cycle[4] != "-" or not (cycle[:4] + cycle[5:]).isdigit() or not (
-        1 <= int(cycle[5:]) <= 12
+    if (
+        len(cycle) != 7
+        or cycle[4] != "-"
+        or not (cycle[:4] + cycle[5:]).isdigit()
+        or not (1 <= int(cycle[5:]) <= 12)
     ):
         raise CliError(f"cycle must look like YYYY-MM, got {cycle!r}")
 
@@ -117,23 +143,32 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from metering.demo import run_demo
 
-    return run_demo(Path(args.workdir), events=args.events, days=args.days,
-                    accounts=args.accounts, seed=args.seed)
+    return run_demo(
+        Path(args.workdir),
+        events=args.events,
+        days=args.days,
+        accounts=args.accounts,
+        seed=args.seed,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metering",
         description="Usage metering: Interactions, call minutes, concurrency peaks and "
-                    "fair-use rules (see README.md).",
+        "fair-use rules (see README.md).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("replay", help="replay a JSON-lines event log into ClickHouse")
     p.add_argument("events", help="event log, one CloudEvent per line (plain or .gz)")
     p.add_argument("--accounts", metavar="ACCOUNTS.yaml", help="account configuration")
-    p.add_argument("--batch-size", type=int, default=50_000,
-                   help="events between engine drains and sink flushes (default 50000)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=50_000,
+        help="events between engine drains and sink flushes (default 50000)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_db_options(p)
     _add_engine_options(p)
@@ -148,19 +183,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     from metering.simulate.generator import DESCRIPTION, add_arguments, run_cli
 
-    p = sub.add_parser("simulate", help="generate sample traffic (JSON lines)",
-                       description=DESCRIPTION)
+    p = sub.add_parser(
+        "simulate", help="generate sample traffic (JSON lines)", description=DESCRIPTION
+    )
     add_arguments(p)
     p.set_defaults(func=run_cli)
 
     p = sub.add_parser("schemas", help="write or check schemas/ (JSON Schema, AsyncAPI)")
-    p.add_argument("--check", action="store_true",
-                   help="only check that the files are up to date (exit 1 when stale)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only check that the files are up to date (exit 1 when stale)",
+    )
     p.add_argument("dir", nargs="?", help="schema directory (default: ./schemas)")
     p.set_defaults(func=cmd_schemas)
 
-    p = sub.add_parser("demo", help="simulate, replay into embedded ClickHouse, print "
-                                    "statements (what `make run` does)")
+    p = sub.add_parser(
+        "demo",
+        help="simulate, replay into embedded ClickHouse, print statements (what `make run` does)",
+    )
     p.add_argument("--workdir", default=".metering")
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--days", type=float, default=4)

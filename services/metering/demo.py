@@ -38,20 +38,25 @@ def run_demo(workdir: Path, *, events: int, days: float, accounts: int, seed: in
     db = workdir / "db"
 
     cfg = SimulationConfig(seed=seed, events=events, days=days, accounts=accounts)
-    _say(f"[1/3] simulating ~{events:,} events over {days:g} days for {accounts} accounts "
-         f"-> {log}")
+    _say(f"[1/3] simulating ~{events:,} events over {days:g} days for {accounts} accounts -> {log}")
     t0 = time.perf_counter()
     accounts_obj = make_accounts(cfg)
     write_accounts(accounts_file, accounts_obj)
     sim = write_log(log, cfg, accounts_obj)
-    _say(f"      {sim.lines:,} lines ({sim.duplicates:,} duplicates, {sim.malformed:,} "
-         f"malformed) in {time.perf_counter() - t0:.1f}s")
+    _say(
+        f"      {sim.lines:,} lines ({sim.duplicates:,} duplicates, {sim.malformed:,} "
+        f"malformed) in {time.perf_counter() - t0:.1f}s"
+    )
 
     _say(f"[2/3] replaying into embedded ClickHouse at {db}")
     client = connect(db_dir=str(db.resolve()))
     migrate(client)
-    summary, _ = replay(log, parse_accounts(accounts_obj, str(accounts_file)),
-                        ClickHouseSink(client), progress=progress_printer())
+    summary, _ = replay(
+        log,
+        parse_accounts(accounts_obj, str(accounts_file)),
+        ClickHouseSink(client),
+        progress=progress_printer(),
+    )
     for line in summary.render().splitlines():
         _say("      " + line)
 
@@ -64,24 +69,49 @@ def run_demo(workdir: Path, *, events: int, days: float, accounts: int, seed: in
     print(_table(rows))
     if rows:
         acct, cycle = rows[0][0], rows[0][1]
-        print(f"\nOne statement as JSON:  .venv/bin/metering statement --db {db} "
-              f"--account {acct} --cycle {cycle} --pretty")
+        print(
+            f"\nOne statement as JSON:  .venv/bin/metering statement --db {db} "
+            f"--account {acct} --cycle {cycle} --pretty"
+        )
     return 0
 
 
-HEADERS = ("account", "cycle", "tz", "interactions", "messages", "calls", "answered",
-           "blocked", "over cap", "minutes", "peak", "breaches", "overage $", "surcharge $")
+HEADERS = (
+    "account",
+    "cycle",
+    "tz",
+    "interactions",
+    "messages",
+    "calls",
+    "answered",
+    "blocked",
+    "over cap",
+    "minutes",
+    "peak",
+    "breaches",
+    "overage $",
+    "surcharge $",
+)
 
 
 def _row(st: dict[str, Any]) -> tuple[str, ...]:
     v = st["voice"]
     breaches = sorted({r["rule"] for r in st["fair_use"] if r["status"] == "breach"})
     return (
-        st["account"], st["cycle"], st["timezone"], f"{st['interactions']['total']:,}",
-        f"{st['messages']['total']:,}", f"{v['attempts']:,}", f"{v['answered']:,}",
-        f"{v['blocked']:,}", f"{v['over_capacity']:,}", f"{v['billable_minutes']:,}",
-        str(st["concurrency"]["peak"]), ", ".join(breaches) or "-",
-        st["charges"]["overage_usd"], st["charges"]["surcharge_usd"],
+        st["account"],
+        st["cycle"],
+        st["timezone"],
+        f"{st['interactions']['total']:,}",
+        f"{st['messages']['total']:,}",
+        f"{v['attempts']:,}",
+        f"{v['answered']:,}",
+        f"{v['blocked']:,}",
+        f"{v['over_capacity']:,}",
+        f"{v['billable_minutes']:,}",
+        str(st["concurrency"]["peak"]),
+        ", ".join(breaches) or "-",
+        st["charges"]["overage_usd"],
+        st["charges"]["surcharge_usd"],
     )
 
 
@@ -92,8 +122,10 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     numeric = {3, 4, 5, 6, 7, 8, 9, 10, 12, 13}
 
     def fmt(cells: tuple[str, ...]) -> str:
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
 
     lines = [fmt(HEADERS), "  ".join("-" * w for w in widths)]
     lines += [fmt(r) for r in rows]

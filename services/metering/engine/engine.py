@@ -959,8 +959,8 @@ class Engine:
         for cycle in live.keys() - st.cycles.keys():
             self._cycle(st, cycle)
         for cycle, cs in st.cycles.items():
-            peaks = live.get(cycle)
-            new_live = _to_peaks(peaks) if peaks is not None else Peaks()
+            got = live.get(cycle)
+            new_live = _to_peaks(got) if got is not None else Peaks()
             if new_live != cs.live:
                 cs.live = new_live
                 self._dirty_cycles.setdefault(st.account, set()).add(cycle)
@@ -1168,8 +1168,8 @@ class Engine:
         scopes: dict[str, tuple[int, int | None, int | None]] = {
             "account": (peaks.account[0], peaks.account[1], None)
         }
-        for g, (n, at_ms) in peaks.groups.items():
-            scopes[f"trunk_group:{g}"] = (n, at_ms, cfg.capacity_of(g))
+        for g, (n, g_at) in peaks.groups.items():
+            scopes[f"trunk_group:{g}"] = (n, g_at, cfg.capacity_of(g))
         for scope, (n, at_ms, cap) in sorted(scopes.items()):
             if cs.sent_peaks.get(scope) == (n, at_ms):
                 continue

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol, cast
 
 from metering.engine.accounts import AccountConfig
 from metering.engine.engine import Batch, Engine, EngineConfig
@@ -53,12 +53,17 @@ class ReplaySummary:
         )
 
 
-class Sink:
+class Sink(Protocol):
     """What replay needs from a sink (``metering.storage.sink.ClickHouseSink`` has it)."""
 
     def add(self, item: Any) -> None: ...
-    def add_dead_letter(self, rejection: Rejection, topic: str | None = None,
-                        partition: int | None = None, offset: int | None = None) -> None: ...
+    def add_dead_letter(
+        self,
+        rejection: Rejection,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None: ...
     def flush(self) -> Any: ...
 
 
@@ -66,7 +71,7 @@ def open_log(path: str | Path) -> IO[bytes]:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"event log not found: {p}")
-    return gzip.open(p, "rb") if p.suffix == ".gz" else p.open("rb")
+    return cast(IO[bytes], gzip.open(p, "rb") if p.suffix == ".gz" else p.open("rb"))
 
 
 def iter_lines(stream: IO[bytes]) -> Iterator[bytes]:
