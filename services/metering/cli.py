@@ -90,17 +90,15 @@ def _accounts(path: str | None) -> dict[str, AccountConfig]:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from metering.replay.replay import progress_printer, replay
-    from metering.storage.sink import ClickHouseSink
+    from metering.replay.replay import progress_printer, replay_into
 
     accounts = _accounts(args.accounts)
     client = _connect(args)
-    sink = ClickHouseSink(client)
     try:
-        summary, _ = replay(
+        summary = replay_into(
+            client,
             args.events,
             accounts,
-            sink,
             config=_engine_config(args),
             batch_size=args.batch_size,
             progress=None if args.quiet else progress_printer(),

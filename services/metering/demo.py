@@ -23,14 +23,13 @@ def _say(msg: str) -> None:
 
 
 def run_demo(workdir: Path, *, events: int, days: float, accounts: int, seed: int) -> int:
-    from metering.replay.replay import progress_printer, replay
+    from metering.replay.replay import progress_printer, replay_into
     from metering.simulate.accounts import make_accounts, write_accounts
     from metering.simulate.config import SimulationConfig
     from metering.simulate.generator import write_log
     from metering.storage.client import connect
     from metering.storage.reader import list_statements, read_statement
     from metering.storage.schema import migrate
-    from metering.storage.sink import ClickHouseSink
 
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "events.jsonl.gz"
@@ -51,10 +50,10 @@ def run_demo(workdir: Path, *, events: int, days: float, accounts: int, seed: in
     _say(f"[2/3] replaying into embedded ClickHouse at {db}")
     client = connect(db_dir=str(db.resolve()))
     migrate(client)
-    summary, _ = replay(
+    summary = replay_into(
+        client,
         log,
         parse_accounts(accounts_obj, str(accounts_file)),
-        ClickHouseSink(client),
         progress=progress_printer(),
     )
     for line in summary.render().splitlines():
