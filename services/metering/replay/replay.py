@@ -5,14 +5,18 @@ decoded, handed to the engine, and every ``batch_size`` lines the engine is drai
 the sink flushed. Everything written is keyed, so replaying the same log again into the
 same database rewrites the same rows and doubles nothing.
 
-Commit order per batch: engine drain -> sink flush (facts, then aggregates). Replay keeps
-no offsets: a failed replay is simply run again.
+Commit order per batch: engine drain -> sink flush (facts; in ``replay_into`` the usage
+tiers are derived once at the end). Flushes run on a background thread (``SinkThread``)
+while the engine works on the next batch, in order; a failed flush stops the replay with
+its error. Replay keeps no offsets: a failed replay is simply run again.
 """
 
 from __future__ import annotations
 
 import gzip
+import queue
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -100,31 +104,42 @@ def replay(
     started = time.perf_counter()
     process = engine.process
     decode = decoder.decode
-    dead = summary.dead_letters
-    source_name = str(path)
-    with open_log(path) as stream:
-        n = 0
-        for line in iter_lines(stream):
-            n += 1
-            ev = decode(line)
-            if isinstance(ev, Rejection):
-                dead[ev.reason] += 1
-                if sink is not None:
-                    sink.add_dead_letter(ev, topic=source_name, partition=0, offset=n)
-                continue
-            verdict = process(ev, line)
-            if verdict == "accepted":
-                summary.accepted += 1
-            elif verdict == "duplicate":
-                summary.duplicates += 1
-            if n % batch_size == 0:
-                _flush(engine.drain(), sink, summary)
-                summary.lines = n
-                summary.seconds = time.perf_counter() - started
-                if progress is not None:
-                    progress(summary)
-        summary.lines = n
-    _flush(engine.drain(), sink, summary)
+    counts = summary.dead_letters
+    writer = SinkThread(sink, str(path)) if sink is not None else None
+    dead: list[tuple[Rejection, int]] = []
+    try:
+        with open_log(path) as stream:
+            n = 0
+            for line in iter_lines(stream):
+                n += 1
+                ev = decode(line)
+                if isinstance(ev, Rejection):
+                    counts[ev.reason] += 1
+                    dead.append((ev, n))
+                    continue
+                verdict = process(ev, line)
+                if verdict == "accepted":
+                    summary.accepted += 1
+                elif verdict == "duplicate":
+                    summary.duplicates += 1
+                if n % batch_size == 0:
+                    batch = engine.drain()
+                    _count(batch, summary)
+                    if writer is not None:
+                        writer.submit(batch, dead)
+                    dead = []
+                    summary.lines = n
+                    summary.seconds = time.perf_counter() - started
+                    if progress is not None:
+                        progress(summary)
+            summary.lines = n
+        batch = engine.drain()
+        _count(batch, summary)
+        if writer is not None:
+            writer.submit(batch, dead)
+    finally:
+        if writer is not None:
+            writer.close()
     summary.seconds = time.perf_counter() - started
     if progress is not None:
         progress(summary)
@@ -157,14 +172,17 @@ def replay_into(
     return summary
 
 
-def _flush(batch: Batch, sink: Sink | None, summary: ReplaySummary) -> None:
+def _count(batch: Batch, summary: ReplaySummary) -> None:
     for rej in batch.rejections:
         summary.dead_letters[rej.reason] += 1
     summary.accepted -= batch.retracted
     summary.facts += len(batch.facts)
     summary.outputs += len(batch.outputs)
-    if sink is None:
-        return
+
+
+def _write(sink: Sink, batch: Batch, dead: list[tuple[Rejection, int]], source: str) -> None:
+    for rej, line_no in dead:
+        sink.add_dead_letter(rej, topic=source, partition=0, offset=line_no)
     for rej in batch.rejections:
         sink.add_dead_letter(rej)
     for f in batch.facts:
@@ -172,6 +190,46 @@ def _flush(batch: Batch, sink: Sink | None, summary: ReplaySummary) -> None:
     for o in batch.outputs:
         sink.add(o)
     sink.flush()
+
+
+class SinkThread:
+    """Writes batches to the sink on a background thread, in order, while the engine goes
+    on with the next batch (chDB and the network release the GIL while they work).
+
+    At most ``depth`` batches wait; a failure is re-raised by the next ``submit`` or by
+    ``close``, so nothing is silently lost.
+    """
+
+    def __init__(self, sink: Sink, source: str, depth: int = 2) -> None:
+        self._sink = sink
+        self._source = source
+        self._queue: queue.Queue[tuple[Batch, list[tuple[Rejection, int]]] | None] = queue.Queue(
+            maxsize=depth
+        )
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="metering-sink", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    _write(self._sink, item[0], item[1], self._source)
+                except BaseException as exc:  # re-raised in the caller's thread
+                    self._error = exc
+
+    def submit(self, batch: Batch, dead: list[tuple[Rejection, int]]) -> None:
+        self._raise()
+        self._queue.put((batch, dead))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 def progress_printer(every_seconds: float = 2.0) -> Callable[[ReplaySummary], None]:
