@@ -150,6 +150,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _run_broker(port: int) -> int:
+    from metering.kafka.broker import run_broker
+
+    return run_broker(port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metering",
@@ -186,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(p)
     p.set_defaults(func=run_cli)
+
+    p = sub.add_parser("broker", help="run the dev Kafka broker (Tansu) on 127.0.0.1")
+    p.add_argument("--port", type=int, default=9092, help="listen port (default 9092)")
+    p.set_defaults(func=lambda a: _run_broker(a.port))
+
+    from metering.kafka.produce import add_arguments as add_produce_arguments
+    from metering.kafka.produce import run_cli as run_produce
+
+    p = sub.add_parser("produce", help="publish a JSON-lines log to the input topics")
+    add_produce_arguments(p)
+    p.set_defaults(func=run_produce)
 
     p = sub.add_parser("schemas", help="write or check schemas/ (JSON Schema, AsyncAPI)")
     p.add_argument(
