@@ -88,6 +88,7 @@ HEADERS = (
     "minutes",
     "peak",
     "breaches",
+    "warnings",
     "overage $",
     "surcharge $",
 )
@@ -95,7 +96,8 @@ HEADERS = (
 
 def _row(st: dict[str, Any]) -> tuple[str, ...]:
     v = st["voice"]
-    breaches = sorted({r["rule"] for r in st["fair_use"] if r["status"] == "breach"})
+    breaches = sum(r["status"] == "breach" for r in st["fair_use"])
+    warnings = sum(r["status"] == "warning" for r in st["fair_use"])
     return (
         st["account"],
         st["cycle"],
@@ -108,7 +110,8 @@ def _row(st: dict[str, Any]) -> tuple[str, ...]:
         f"{v['over_capacity']:,}",
         f"{v['billable_minutes']:,}",
         str(st["concurrency"]["peak"]),
-        ", ".join(breaches) or "-",
+        str(breaches),
+        str(warnings),
         st["charges"]["overage_usd"],
         st["charges"]["surcharge_usd"],
     )
@@ -118,7 +121,7 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     if not rows:
         return "(no statements)"
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
-    numeric = {3, 4, 5, 6, 7, 8, 9, 10, 12, 13}
+    numeric = set(range(3, len(HEADERS)))
 
     def fmt(cells: tuple[str, ...]) -> str:
         return "  ".join(
