@@ -4,7 +4,9 @@ Generates (once, cached under ``benchmarks/out/``) a realistic log of ``--events
 with ``metering simulate``, then measures in the same run, on the same file:
 
 * baseline: a plain ``json.loads`` loop over the lines (the issue's reference point);
-* decode only: the msgspec decoder over the same lines;
+* orjson.loads over the same lines (the other fast candidate; parse only, no validation);
+* decode only: the msgspec decoder over the same lines (parse + full validation into
+  typed events), which is why the service decodes with msgspec;
 * engine only: decode + engine, results kept in memory;
 * full replay: decode + engine + ClickHouse writes (embedded chDB, fresh directory),
   exactly what ``metering replay`` does.
@@ -58,6 +60,20 @@ def baseline(log: Path) -> tuple[int, float]:
                 pass
             n += 1
     return n, time.perf_counter() - t
+
+
+def orjson_only(log: Path) -> float:
+    """orjson.loads: the other fast JSON candidate (dicts, still to be validated)."""
+    import orjson
+
+    t = time.perf_counter()
+    with log.open("rb") as f:
+        for line in f:
+            try:  # noqa: SIM105 - same plain loop as the baseline
+                orjson.loads(line)
+            except orjson.JSONDecodeError:
+                pass
+    return time.perf_counter() - t
 
 
 def decode_only(log: Path) -> float:
@@ -114,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     log, accounts = ensure_log(args.events, args.seed)
     n, base = baseline(log)
+    orj = orjson_only(log)
     dec = decode_only(log)
     eng = engine_only(log, accounts)
     full, rss, summary = full_replay(log, accounts)
@@ -121,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'run':<40}{'seconds':>9}{'events/s':>12}{'x baseline':>12}")
     rows = [
         ("json.loads loop (baseline)", base),
-        ("msgspec decode only", dec),
+        ("orjson.loads loop (parse only)", orj),
+        ("msgspec decode + validation", dec),
         ("decode + engine (in memory)", eng),
         ("full replay: decode + engine + chDB", full),
     ]

@@ -26,8 +26,17 @@ def ts(seconds: float) -> str:
 
 
 def event(i: int, etype: str, t: float, data: dict[str, object]) -> bytes:
-    return orjson.dumps({"specversion": "1.0", "id": f"{etype}-{i}", "source": "//pbx/bench",
-                         "type": etype, "time": ts(t), "subject": "acct-1", "data": data})
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": f"{etype}-{i}",
+            "source": "//pbx/bench",
+            "type": etype,
+            "time": ts(t),
+            "subject": "acct-1",
+            "data": data,
+        }
+    )
 
 
 def measure(kind: str, n: int) -> tuple[float, float]:
@@ -36,15 +45,40 @@ def measure(kind: str, n: int) -> tuple[float, float]:
     for i in range(n):
         t = i * 0.05
         if kind == "call":
-            lines.append(event(i, "call.started", t, {
-                "call_id": f"call-{i:08d}", "trunk_group": f"tg-{i % 4}", "direction": "outbound",
-                "route_class": "domestic_ld", "user": f"u-{i % 500}", "from": "+13035550100",
-                "to": "+12125550199", "region": "NY", "carrier_class": "rboc"}))
+            lines.append(
+                event(
+                    i,
+                    "call.started",
+                    t,
+                    {
+                        "call_id": f"call-{i:08d}",
+                        "trunk_group": f"tg-{i % 4}",
+                        "direction": "outbound",
+                        "route_class": "domestic_ld",
+                        "user": f"u-{i % 500}",
+                        "from": "+13035550100",
+                        "to": "+12125550199",
+                        "region": "NY",
+                        "carrier_class": "rboc",
+                    },
+                )
+            )
             lines.append(event(i, "call.answered", t + 2, {"call_id": f"call-{i:08d}"}))
         else:
-            lines.append(event(i, "message.sent", t, {
-                "message_id": f"m-{i}", "channel": "sms", "business_address": "+13035550100",
-                "remote_address": f"+1212{i:07d}", "segments": 1}))
+            lines.append(
+                event(
+                    i,
+                    "message.sent",
+                    t,
+                    {
+                        "message_id": f"m-{i}",
+                        "channel": "sms",
+                        "business_address": "+13035550100",
+                        "remote_address": f"+1212{i:07d}",
+                        "segments": 1,
+                    },
+                )
+            )
     decoded = [dec.decode(b) for b in lines]
     engine = Engine()
     tracemalloc.start()

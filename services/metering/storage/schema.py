@@ -26,6 +26,36 @@ Storage conventions (see also :mod:`metering.storage.sink`):
 - Times are ``DateTime64(3, 'UTC')`` (epoch milliseconds from the facts). ``local_day``
   columns hold the account's local calendar day, computed by the sink with the account's
   time zone at write time; the daily usage table buckets on it.
+
+Retention (SPEC section 7, migration 2) is a ClickHouse ``TTL`` per table, on the time the
+row describes (``toDateTime(...)`` of it, so older servers accept the expression too):
+
+==============================================  ===========================================
+table                                           rows deleted once
+==============================================  ===========================================
+``usage_minute``, ``concurrency_minute``        bucket / minute is 3 days old
+``usage_hour``                                  bucket is 14 days old
+``usage_day``                                   local day is 90 days old
+``calls``                                       ``started_at`` is 60 days old
+``events_raw``                                  ``call.*`` events: 60 days; others: 3 years
+``messages``, ``interactions``, ``executions``  ``time`` / ``origin`` is 3 years old
+``output_events``                               ``time`` is 3 years old
+``cycle_peaks``, ``fairuse_counters``           3 years after the cycle's last day
+``accounts``, ``dead_letters``                  never (configuration; evidence of bad input)
+==============================================  ===========================================
+
+Statements have no table of their own: the reader derives them from the fact tables. Their
+interactions, messages, peaks and fair-use parts live 3 years; their voice part comes from
+``calls`` and therefore only for cycles whose calls are still within the 60 days.
+
+TTL deletes happen in merges (ClickHouse checks at most every ``merge_with_ttl_timeout``,
+4 hours by default; ``OPTIMIZE TABLE ... FINAL`` forces one), never at query time, and
+``ALTER ... MODIFY TTL`` on a populated table removes the expired rows at once. Tables
+partitioned by month lose rows by rewriting parts rather than dropping whole partitions;
+calls and interactions are not partitioned (see above), so their TTL always rewrites.
+Loading data older than these limits (a replay of an old log, tests with fixed dates)
+therefore needs :func:`set_retention` (``False``) after :func:`migrate`, or the rows
+disappear at the next merge.
 """
 
 from __future__ import annotations
@@ -62,6 +92,15 @@ def _usage_table(name: str, bucket_type: str) -> str:
         "ENGINE = ReplacingMergeTree(version, deleted) "
         f"PARTITION BY toYYYYMM(bucket) ORDER BY {_USAGE_KEY}"
     )
+
+
+_CYCLE_END = "toDate(concat(CAST(cycle AS String), '-01')) + INTERVAL 1 MONTH"
+"""First day after a ``YYYY-MM`` cycle (UTC date; the cycle ends at local midnight)."""
+
+
+def _ttl(time_expr: str, interval: str) -> str:
+    """A TTL delete rule: rows go once ``time_expr`` is older than ``interval``."""
+    return f"{time_expr} + INTERVAL {interval}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +247,44 @@ MIGRATIONS: list[Migration] = [
             SETTINGS ttl_only_drop_parts = 1""",
         ],
     ),
+    Migration(
+        2,
+        "retention (SPEC section 7): TTL per tier",
+        [
+            # Real-time (per-minute) analytics: 3 days.
+            f"ALTER TABLE usage_minute MODIFY TTL {_ttl('toDateTime(bucket)', '3 DAY')}",
+            f"ALTER TABLE concurrency_minute MODIFY TTL {_ttl('toDateTime(minute)', '3 DAY')}",
+            # Hourly: 14 days. Daily: 90 days (bucket is the account's local day).
+            f"ALTER TABLE usage_hour MODIFY TTL {_ttl('toDateTime(bucket)', '14 DAY')}",
+            f"ALTER TABLE usage_day MODIFY TTL {_ttl('bucket', '90 DAY')}",
+            # Call records: 60 days from the call's start; the raw call events likewise
+            # (from their own time); every other raw event is a platform usage record.
+            f"ALTER TABLE calls MODIFY TTL {_ttl('toDateTime(started_at)', '60 DAY')}",
+            "ALTER TABLE events_raw MODIFY TTL "
+            f"{_ttl('toDateTime(time)', '60 DAY')} DELETE WHERE type LIKE 'call.%', "
+            f"{_ttl('toDateTime(time)', '3 YEAR')}",
+            # Platform usage records: 3 years.
+            f"ALTER TABLE messages MODIFY TTL {_ttl('toDateTime(time)', '3 YEAR')}",
+            f"ALTER TABLE interactions MODIFY TTL {_ttl('toDateTime(origin)', '3 YEAR')}",
+            f"ALTER TABLE executions MODIFY TTL {_ttl('toDateTime(time)', '3 YEAR')}",
+            f"ALTER TABLE output_events MODIFY TTL {_ttl('toDateTime(time)', '3 YEAR')}",
+            # Cycle-level records (peaks, fair-use counters): 3 years after the cycle ends.
+            f"ALTER TABLE cycle_peaks MODIFY TTL {_ttl(_CYCLE_END, '3 YEAR')}",
+            f"ALTER TABLE fairuse_counters MODIFY TTL {_ttl(_CYCLE_END, '3 YEAR')}",
+        ],
+    ),
+    Migration(
+        3,
+        "Insights dimensions: caller and called party of messages",
+        [
+            # Calls carry from_/to already; a message's parties follow from its direction
+            # (sent: business -> remote). ALIAS columns: nothing stored, nothing to write.
+            "ALTER TABLE messages ADD COLUMN IF NOT EXISTS from_ String "
+            "ALIAS if(direction = 'sent', business_address, remote_address)",
+            "ALTER TABLE messages ADD COLUMN IF NOT EXISTS `to` String "
+            "ALIAS if(direction = 'sent', remote_address, business_address)",
+        ],
+    ),
 ]
 
 
@@ -272,3 +349,14 @@ def migrate(client: Client, migrations: list[Migration] | None = None) -> list[i
         log.info("applied migration %d: %s", m.version, m.name)
         done.append(m.version)
     return done
+
+
+def set_retention(client: Client, enabled: bool) -> None:
+    """Start or stop the TTL deletes of every existing table (``SYSTEM START/STOP TTL
+    MERGES``) until the ClickHouse process (for chDB: this Python process) ends.
+
+    For databases holding fixed-date data older than the retention limits: tests, demos
+    and replays of old logs on the embedded engine. Call it after :func:`migrate` (tables
+    created later are not affected). Production servers keep retention on.
+    """
+    client.command(f"SYSTEM {'START' if enabled else 'STOP'} TTL MERGES")
