@@ -1160,8 +1160,8 @@ class Engine:
                         "fairuse.cleared",
                         at,
                         data,
-                        f"{cycle}/{key}/{c.num}/{c.den}",
-                        0,
+                        f"{cycle}/{key}",
+                        _next_version(cs, f"cleared/{key}"),
                     )
             cs.sent_flags[key] = flags
         peaks = _effective(cs)
@@ -1198,8 +1198,8 @@ class Engine:
                         "peak_at": None if at_ms is None else ms_to_rfc3339(at_ms),
                         "capacity": cap,
                     },
-                    f"{cycle}/{scope}/{n}/{at_ms}",
-                    0,
+                    f"{cycle}/{scope}",
+                    _next_version(cs, f"peak/{scope}"),
                 )
 
     # ----------------------------------------------------------------- outputs
@@ -1314,6 +1314,14 @@ def _merge_into(
             acc[cycle] = CyclePeaks(cps=n)
         elif n > cur.cps:
             acc[cycle] = CyclePeaks(cur.account, cur.groups, cur.users, n)
+
+
+def _next_version(cs: CycleState, subject: str) -> int:
+    """0 for the first emission about ``subject``, then 1, 2, ... (a correction of an
+    earlier emission always carries a higher version, and so a new event id)."""
+    version = cs.versions.get(subject, -1) + 1
+    cs.versions[subject] = version
+    return version
 
 
 def _effective(cs: CycleState) -> Peaks:

@@ -135,6 +135,7 @@ class CycleState(Struct, kw_only=True):
     sent_counters: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
     sent_flags: dict[str, int] = field(default_factory=dict)
     sent_peaks: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
 
 
 class AccountState(Struct, kw_only=True):
