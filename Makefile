@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint run bench clean
+.PHONY: install tools test lint run bench clean
 
 install: $(STAMP)
 
@@ -14,12 +14,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# System tools the tests drive for real (promtool, kcat, Chromium), from Debian packages,
+# installed only when missing.
+tools:
+	bash scripts/ensure-tools.sh
+	@if [ -f scripts/ensure-chromium.sh ]; then bash scripts/ensure-chromium.sh; fi
+
 lint: install
 	$(BIN)/ruff check services tests benchmarks
 	$(BIN)/ruff format --check services tests benchmarks
 	$(BIN)/mypy
 
-test: install lint
+test: install tools lint
 	$(BIN)/pytest -q
 
 run: install
