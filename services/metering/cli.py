@@ -185,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db_options(p)
     p.set_defaults(func=cmd_statement)
 
+    from metering.report.cli import add_report_arguments, run_report
+
+    p = sub.add_parser(
+        "report", help="write an account's cycle as a self-contained HTML page (charts, evidence)"
+    )
+    add_report_arguments(p)
+    p.set_defaults(func=run_report)
+
     from metering.simulate.generator import DESCRIPTION, add_arguments, run_cli
 
     p = sub.add_parser(
