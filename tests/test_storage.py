@@ -44,6 +44,7 @@ from metering.storage import (
     read_statement_facts,
     rebuild_usage,
 )
+from metering.storage.schema import set_retention
 
 ACCT = "acct-1"
 CYCLE = "2026-11"
@@ -57,6 +58,7 @@ def ms(ts: str) -> int:
 def client(tmp_path: Path) -> Iterator[Client]:
     c = connect(db_dir=str(tmp_path / "ch"))
     migrate(c)
+    set_retention(c, False)  # fixed-date samples are older than the TTLs
     yield c
     c.close()
 
@@ -483,7 +485,9 @@ def test_migrations_idempotent(client: Client) -> None:
     assert {r[0] for r in client.query("SHOW TABLES").result_rows} == tables
     assert set(FACT_TABLES) | {"schema_migrations", "usage_dirty"} == tables
     assert applied_migrations(client) == {m.version: m.checksum for m in MIGRATIONS}
-    rows = client.query("SELECT version, name FROM schema_migrations FINAL").result_rows
+    rows = client.query(
+        "SELECT version, name FROM schema_migrations FINAL ORDER BY version"
+    ).result_rows
     assert [r[0] for r in rows] == [m.version for m in MIGRATIONS]
 
 
@@ -539,8 +543,10 @@ import json, sys
 sys.path.insert(0, {tests!r})
 from test_storage import ACCT, CYCLE, final_counts, scenario, usage_totals, write
 from metering.storage import connect, migrate, read_statement
+from metering.storage.schema import set_retention
 c = connect(db_dir={path!r})
 migrate(c)
+set_retention(c, False)
 write(c, scenario())
 print(json.dumps({{"statement": read_statement(c, ACCT, CYCLE), "counts": final_counts(c),
                   "usage": usage_totals(c, "usage_day")}}))
@@ -553,6 +559,7 @@ def test_idempotent_across_flushes_and_processes(tmp_path: Path) -> None:
     c = connect(db_dir=path)
     try:
         migrate(c)
+        set_retention(c, False)
         write(c, scenario())
         counts = final_counts(c)
         usage = usage_totals(c, "usage_day")

@@ -71,12 +71,16 @@ def _add_db_options(p: argparse.ArgumentParser) -> None:
 
 def _connect(args: argparse.Namespace) -> Any:
     from metering.storage.client import connect
-    from metering.storage.schema import migrate
+    from metering.storage.schema import migrate, set_retention
 
     if not args.db and not args.clickhouse_url:
         raise CliError("give --db DIR (embedded ClickHouse) or --clickhouse-url URL")
     client = connect(db_dir=args.db, url=None if args.db else args.clickhouse_url)
     migrate(client)
+    if args.db:
+        # The embedded engine holds replays of logs of any age; retention (TTL deletes)
+        # is enforced by ClickHouse servers (see docs/design.md, "Retention").
+        set_retention(client, False)
     return client
 
 
@@ -136,6 +140,13 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
     argv = ["--check"] if args.check else []
     return schemas_main([*argv, *([args.dir] if args.dir else [])])
+
+
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from metering.dashboards import main as dashboards_main
+
+    argv = ["--check"] if args.check else []
+    return dashboards_main([*argv, *([args.dir] if args.dir else [])])
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -220,6 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", nargs="?", help="schema directory (default: ./schemas)")
     p.set_defaults(func=cmd_schemas)
+
+    from metering.storage.cli import add_migrate_arguments, run_migrate
+
+    p = sub.add_parser("migrate", help="apply the ClickHouse schema migrations (or list them)")
+    add_migrate_arguments(p)
+    p.set_defaults(func=run_migrate)
+
+    p = sub.add_parser("dashboards", help="write or check deploy/grafana/dashboards (Grafana)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only check that the files are up to date (exit 1 when stale)",
+    )
+    p.add_argument("dir", nargs="?", help="default: deploy/grafana/dashboards at the repo root")
+    p.set_defaults(func=cmd_dashboards)
 
     p = sub.add_parser(
         "demo",

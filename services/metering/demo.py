@@ -29,7 +29,7 @@ def run_demo(workdir: Path, *, events: int, days: float, accounts: int, seed: in
     from metering.simulate.generator import write_log
     from metering.storage.client import connect
     from metering.storage.reader import list_statements, read_statement
-    from metering.storage.schema import migrate
+    from metering.storage.schema import migrate, set_retention
 
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "events.jsonl.gz"
@@ -50,6 +50,7 @@ def run_demo(workdir: Path, *, events: int, days: float, accounts: int, seed: in
     _say(f"[2/3] replaying into embedded ClickHouse at {db}")
     client = connect(db_dir=str(db.resolve()))
     migrate(client)
+    set_retention(client, False)  # the sample log has fixed dates; see docs/design.md
     summary = replay_into(
         client,
         log,

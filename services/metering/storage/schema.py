@@ -49,13 +49,19 @@ interactions, messages, peaks and fair-use parts live 3 years; their voice part 
 ``calls`` and therefore only for cycles whose calls are still within the 60 days.
 
 TTL deletes happen in merges (ClickHouse checks at most every ``merge_with_ttl_timeout``,
-4 hours by default; ``OPTIMIZE TABLE ... FINAL`` forces one), never at query time, and
-``ALTER ... MODIFY TTL`` on a populated table removes the expired rows at once. Tables
+4 hours by default; ``OPTIMIZE TABLE ... FINAL`` forces one), never at query time;
+``ALTER ... MODIFY TTL`` on a populated table starts a mutation removing the rows already
+expired (synchronous in chDB, a background mutation on a server). Tables
 partitioned by month lose rows by rewriting parts rather than dropping whole partitions;
 calls and interactions are not partitioned (see above), so their TTL always rewrites.
 Loading data older than these limits (a replay of an old log, tests with fixed dates)
 therefore needs :func:`set_retention` (``False``) after :func:`migrate`, or the rows
 disappear at the next merge.
+
+The daily tier outlives the call records it is derived from (90 versus 60 days): a
+recomputation of a day whose calls have expired (``rebuild_usage`` over all data, or a
+call fact arriving for such a day) would replace that day's call aggregates with what is
+left of the calls, so recomputations must stay within the last 60 days.
 """
 
 from __future__ import annotations

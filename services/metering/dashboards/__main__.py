@@ -1,0 +1,5 @@
+import sys
+
+from metering.dashboards.generate import main
+
+sys.exit(main())

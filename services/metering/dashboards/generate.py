@@ -1,0 +1,121 @@
+"""Write (or check) the Grafana dashboard files under ``deploy/grafana/dashboards/``.
+
+Usage: ``metering dashboards [--check] [DIR]`` or ``python -m metering.dashboards``
+(``DIR`` defaults to ``deploy/grafana/dashboards`` at the repository root found from the
+working directory). Grafana provisions every ``*.json`` file of that folder (see
+``deploy/grafana/provisioning/dashboards/dashboards.yaml``); other files there are left
+alone. Everything except :func:`write` and :func:`main` is pure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from metering.dashboards import fairuse, health, insights, voice
+from metering.dashboards.builder import Dashboard, Json
+
+DASHBOARD_DIR = Path("deploy") / "grafana" / "dashboards"
+
+
+def dashboards() -> list[Dashboard]:
+    """Every dashboard, in a fixed order."""
+    return [insights.build(), voice.build(), fairuse.build(), health.build()]
+
+
+def documents() -> dict[str, Json]:
+    """Every dashboard's JSON model, by file name."""
+    return {d.filename: d.model() for d in dashboards()}
+
+
+def render(doc: Json) -> str:
+    """The file text of a dashboard model."""
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def _extra_files(directory: Path, expected: set[str]) -> list[str]:
+    return sorted(p.name for p in directory.glob("*.json") if p.name not in expected)
+
+
+def check(directory: Path | str) -> list[str]:
+    """File names that are missing, stale (compared as parsed JSON) or not generated."""
+    directory = Path(directory)
+    docs = documents()
+    bad: list[str] = []
+    for name, doc in docs.items():
+        try:
+            current = json.loads((directory / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            bad.append(name)
+            continue
+        if current != json.loads(render(doc)):
+            bad.append(name)
+    return bad + _extra_files(directory, set(docs))
+
+
+def write(directory: Path | str) -> list[str]:
+    """Write every dashboard and delete ``*.json`` files no longer generated; returns the
+    file names written or deleted."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    docs = documents()
+    changed: list[str] = []
+    for name in _extra_files(directory, set(docs)):
+        (directory / name).unlink()
+        changed.append(name)
+    for name, doc in docs.items():
+        path = directory / name
+        text = render(doc)
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            continue
+        path.write_text(text, encoding="utf-8")
+        changed.append(name)
+    return changed
+
+
+def default_dir(start: Path | None = None) -> Path:
+    """``deploy/grafana/dashboards`` under the nearest ancestor of ``start`` (default: the
+    working directory) holding ``pyproject.toml``; under ``start`` when there is none."""
+    start = (start or Path.cwd()).resolve()
+    for d in (start, *start.parents):
+        if (d / "pyproject.toml").is_file():
+            return d / DASHBOARD_DIR
+    return start / DASHBOARD_DIR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``[--check|--write] [DIR]``: write the files (default) or check them (exit 1 if stale)."""
+    parser = argparse.ArgumentParser(
+        prog="metering dashboards",
+        description="Generate (or check) the Grafana dashboards provisioned from "
+        "deploy/grafana/dashboards.",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="fail if the files are stale")
+    mode.add_argument("--write", action="store_true", help="write the files (default)")
+    parser.add_argument(
+        "dir", nargs="?", type=Path, help="default: deploy/grafana/dashboards at the repo root"
+    )
+    args = parser.parse_args(argv)
+    directory: Path = args.dir or default_dir()
+    if args.check:
+        stale = check(directory)
+        for name in stale:
+            print(f"stale: {directory / name}")
+        if stale:
+            print("run `metering dashboards` to regenerate", file=sys.stderr)
+            return 1
+        print(f"{directory}: up to date ({len(documents())} dashboards)")
+        return 0
+    changed = write(directory)
+    for name in changed:
+        print(f"updated: {directory / name}")
+    print(f"{directory}: {len(changed)} changed, {len(documents())} dashboards")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
