@@ -137,6 +137,8 @@ def test_head_schema_has_the_retention_of_the_spec(client: Client) -> None:
         "+ toIntervalYear(3)",
         "fairuse_counters": "(toDate(concat(CAST(cycle, 'String'), '-01')) + toIntervalMonth(1)) "
         "+ toIntervalYear(3)",
+        "cycle_voice": "(toDate(concat(CAST(cycle, 'String'), '-01')) + toIntervalMonth(1)) "
+        "+ toIntervalYear(3)",
         "usage_dirty": "created + toIntervalDay(1)",
         "accounts": "",
         "dead_letters": "",

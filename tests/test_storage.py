@@ -15,11 +15,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from metering.engine.facts import (
     AccountFact,
     CallFact,
+    CycleVoiceFact,
     ExecutionFact,
     FairUseFact,
     InteractionFact,
@@ -419,6 +421,7 @@ FACT_TABLES = (
     "cycle_peaks",
     "concurrency_minute",
     "fairuse_counters",
+    "cycle_voice",
     "output_events",
     "dead_letters",
     "usage_minute",
@@ -882,3 +885,39 @@ def test_unreachable_server_and_second_directory(client: Client, tmp_path: Path)
         assert read_statement(second, ACCT, CYCLE) == EXPECTED
     finally:
         second.close()
+
+
+def test_statement_outlives_call_records(client: Client) -> None:
+    """Call records are kept 60 days, statements 3 years (SPEC section 7): with the
+    engine's per-cycle voice counts stored, dropping every call row (what the 60-day TTL
+    does) changes no statement figure and no fair-use scope."""
+    voice = CycleVoiceFact(
+        account=ACCT,
+        cycle=CYCLE,
+        attempts=4,
+        answered=2,
+        blocked=1,
+        timed_out=1,
+        over_capacity=1,
+        minutes_local=2,
+        minutes_domestic_ld=0,
+        minutes_toll_free=0,
+        minutes_international=240,
+    )
+    write(client, [*scenario(), voice])
+    assert read_statement(client, ACCT, CYCLE) == EXPECTED
+    client.command("TRUNCATE TABLE calls")
+    assert read_statement(client, ACCT, CYCLE) == EXPECTED
+    # the stored counts win over the call rows while both exist
+    write(client, [msgspec.structs.replace(voice, attempts=9)])
+    st = read_statement(client, ACCT, CYCLE)
+    assert st is not None and st["voice"]["attempts"] == 9
+    # a scope the engine retracted is no longer listed
+    gone = msgspec.structs.replace(fair("bundle_sharing", "user:u-1", 0), deleted=True)
+    write(
+        client,
+        [gone, msgspec.structs.replace(fair("minutes_per_user", "user:u-1", 0), deleted=True)],
+    )
+    st = read_statement(client, ACCT, CYCLE)
+    assert st is not None
+    assert not [r for r in st["fair_use"] if r["scope"] == "user:u-1"]

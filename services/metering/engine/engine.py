@@ -41,6 +41,7 @@ from metering.engine.concurrency import (
 from metering.engine.facts import (
     AccountFact,
     CallFact,
+    CycleVoiceFact,
     ExecutionFact,
     Fact,
     FairUseFact,
@@ -1103,7 +1104,56 @@ class Engine:
     ) -> None:
         account_minutes = sum(cs.minutes.values())
         facts = self._batch.facts
-        for (rule, scope), c in self.counters(cfg, cs).items():
+        m = cs.minutes
+        voice = (
+            cs.attempts,
+            cs.answered,
+            cs.blocked,
+            cs.timed_out,
+            cs.over_capacity,
+            m.get("local", 0),
+            m.get("domestic_ld", 0),
+            m.get("toll_free", 0),
+            m.get("international", 0),
+        )
+        if voice != cs.sent_voice:
+            cs.sent_voice = voice
+            facts.append(
+                CycleVoiceFact(
+                    account=st.account,
+                    cycle=cycle,
+                    attempts=voice[0],
+                    answered=voice[1],
+                    blocked=voice[2],
+                    timed_out=voice[3],
+                    over_capacity=voice[4],
+                    minutes_local=voice[5],
+                    minutes_domestic_ld=voice[6],
+                    minutes_toll_free=voice[7],
+                    minutes_international=voice[8],
+                )
+            )
+        current = self.counters(cfg, cs)
+        for key in [k for k in cs.sent_counters if tuple(k.split("\x1f", 1)) not in current]:
+            rule, scope = key.split("\x1f", 1)
+            del cs.sent_counters[key]
+            facts.append(
+                FairUseFact(
+                    account=st.account,
+                    cycle=cycle,
+                    rule=rule,
+                    scope=scope,
+                    num=0,
+                    den=0,
+                    aux=0,
+                    value=0.0,
+                    threshold=float(threshold_value(rule)),
+                    status="ok",
+                    charge_usd="0.00",
+                    deleted=True,
+                )
+            )
+        for (rule, scope), c in current.items():
             key = f"{rule}\x1f{scope}"
             sent = (c.num, c.den, c.aux, account_minutes if rule in SURCHARGE_RULES else 0)
             if cs.sent_counters.get(key) == sent:

@@ -121,6 +121,26 @@ class MinutePeakFact(Struct, kw_only=True):
     capacity: int | None
 
 
+class CycleVoiceFact(Struct, kw_only=True):
+    """Month-to-date call counts of one cycle (key: account, cycle).
+
+    Kept as long as statements (3 years), while call records are kept 60 days: the
+    statement's ``voice`` section is read from here, not aggregated from ``calls``.
+    """
+
+    account: str
+    cycle: str
+    attempts: int
+    answered: int
+    blocked: int
+    timed_out: int
+    over_capacity: int
+    minutes_local: int
+    minutes_domestic_ld: int
+    minutes_toll_free: int
+    minutes_international: int
+
+
 class FairUseFact(Struct, kw_only=True):
     """Month-to-date counters and evaluation of one (rule, scope, cycle)
     (key: account, cycle, rule, scope).
@@ -141,6 +161,8 @@ class FairUseFact(Struct, kw_only=True):
     threshold: float
     status: str
     charge_usd: str
+    #: the scope no longer exists in the cycle (its only call was retracted)
+    deleted: bool = False
 
 
 class AccountFact(Struct, kw_only=True):
@@ -191,6 +213,7 @@ Fact = (
     | PeakFact
     | MinutePeakFact
     | FairUseFact
+    | CycleVoiceFact
     | AccountFact
     | RawEventFact
 )

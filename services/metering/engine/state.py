@@ -136,6 +136,7 @@ class CycleState(Struct, kw_only=True):
     sent_flags: dict[str, int] = field(default_factory=dict)
     sent_peaks: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
+    sent_voice: tuple[int, ...] = ()
 
 
 class AccountState(Struct, kw_only=True):

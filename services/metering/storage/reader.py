@@ -7,15 +7,19 @@ the in-memory engine fills, from the fact tables (``FINAL``, retracted rows excl
 - time zone / policies: ``accounts`` (defaults ``UTC`` and all three presets);
 - interactions per channel: non-deleted interactions whose ``cycle`` is the cycle;
 - messages and segments of the cycle;
-- voice: attempts = non-deleted calls of the cycle (blocked included); answered,
-  timed_out, over_capacity count non-blocked calls; blocked; minutes by route class =
-  billable minutes of answered non-blocked calls;
+- voice: ``cycle_voice``, the engine's per-cycle call counts, kept as long as statements
+  (3 years) while call records are kept 60 days. For a database written before
+  migration 4 (no such row): attempts = non-deleted calls of the cycle (blocked
+  included); answered, timed_out, over_capacity count non-blocked calls; blocked;
+  minutes by route class = billable minutes of answered non-blocked calls;
 - peak / peak_at: ``cycle_peaks`` scope ``account``; trunk groups: scopes
   ``trunk_group:ID`` with a peak of at least 1 (capacity from the account's current
   configuration when it has one, as the engine does);
 - fair use: every rule of the account's presets for each scope the SPEC lists (users with
   a non-blocked call of the cycle, ``call_path`` capacity groups that carried one, the
-  account), with the counters of ``fairuse_counters`` (zero when none is stored).
+  account), with the counters of ``fairuse_counters`` (zero when none is stored). The
+  scopes also include every scope stored (not deleted) in ``fairuse_counters``, so they
+  outlive the call records.
   Counters stored for scopes that no longer qualify (their calls were retracted) are
   ignored, like the engine ignores them.
 
@@ -32,6 +36,7 @@ import orjson
 
 from metering.engine.rules import RULES, rules_for
 from metering.engine.statement import Counter, StatementFacts, render
+from metering.events.models import ROUTE_CLASSES
 from metering.storage.client import Client
 
 __all__ = ["DEFAULT_POLICIES", "list_statements", "read_statement", "read_statement_facts"]
@@ -89,14 +94,29 @@ def read_statement_facts(client: Client, account: str, cycle: str) -> StatementF
     cfg = account_config(client, account)
     f = StatementFacts(account=account, cycle=cycle, timezone=cfg.timezone, policies=cfg.policies)
 
-    for route_class, attempts, blocked, answered, timed_out, over_cap, minutes in _rows(
+    stored_voice = _rows(
         client,
-        "SELECT route_class, count(), countIf(blocked), "
-        "countIf(answered_at IS NOT NULL AND NOT blocked), countIf(timed_out AND NOT blocked), "
-        "countIf(over_capacity AND NOT blocked), "
-        "sumIf(billable_minutes, answered_at IS NOT NULL AND NOT blocked) "
-        f"FROM calls FINAL WHERE {_WHERE} AND deleted = 0 GROUP BY route_class",
+        "SELECT attempts, answered, blocked, timed_out, over_capacity, minutes_local, "
+        "minutes_domestic_ld, minutes_toll_free, minutes_international "
+        f"FROM cycle_voice FINAL WHERE {_WHERE}",
         p,
+    )
+    for row in stored_voice:
+        f.attempts, f.answered, f.blocked, f.timed_out, f.over_capacity = map(int, row[:5])
+        f.minutes_by_route_class = dict(zip(ROUTE_CLASSES, (int(x) for x in row[5:]), strict=True))
+    # databases written before migration 4 have no cycle_voice: aggregate the calls
+    for route_class, attempts, blocked, answered, timed_out, over_cap, minutes in (
+        []
+        if stored_voice
+        else _rows(
+            client,
+            "SELECT route_class, count(), countIf(blocked), "
+            "countIf(answered_at IS NOT NULL AND NOT blocked), countIf(timed_out AND NOT blocked), "
+            "countIf(over_capacity AND NOT blocked), "
+            "sumIf(billable_minutes, answered_at IS NOT NULL AND NOT blocked) "
+            f"FROM calls FINAL WHERE {_WHERE} AND deleted = 0 GROUP BY route_class",
+            p,
+        )
     ):
         f.attempts += int(attempts)
         f.blocked += int(blocked)
@@ -155,10 +175,17 @@ def read_statement_facts(client: Client, account: str, cycle: str) -> StatementF
         (str(rule), str(scope)): Counter(int(num), int(den), int(aux))
         for rule, scope, num, den, aux in _rows(
             client,
-            f"SELECT rule, scope, num, den, aux FROM fairuse_counters FINAL WHERE {_WHERE}",
+            "SELECT rule, scope, num, den, aux FROM fairuse_counters FINAL "
+            f"WHERE {_WHERE} AND deleted = 0",
             p,
         )
     }
+    # scopes stored by the engine outlive the call records they came from (60 days)
+    for _rule, scope in stored_counters:
+        if scope.startswith("user:"):
+            users.append(scope[len("user:") :])
+        elif scope.startswith(TRUNK_GROUP_SCOPE):
+            groups.append(scope[len(TRUNK_GROUP_SCOPE) :])
     for rule in rules_for(cfg.policies):
         kind = RULES[rule].scope
         if kind == "user":
@@ -184,6 +211,7 @@ def list_statements(client: Client) -> list[tuple[str, str]]:
         client,
         "SELECT DISTINCT account, cycle FROM ("
         " SELECT account, cycle FROM calls FINAL WHERE deleted = 0"
+        " UNION ALL SELECT account, cycle FROM cycle_voice FINAL WHERE attempts > 0"
         " UNION ALL SELECT account, cycle FROM messages FINAL"
         " UNION ALL SELECT account, cycle FROM interactions FINAL WHERE deleted = 0"
         " UNION ALL SELECT account, cycle FROM executions FINAL"

@@ -291,6 +291,22 @@ MIGRATIONS: list[Migration] = [
             "ALIAS if(direction = 'sent', remote_address, business_address)",
         ],
     ),
+    Migration(
+        4,
+        "statements outlive call records: per-cycle voice counts, retractable fair-use scopes",
+        [
+            # Call records are kept 60 days, statements 3 years: the statement's voice
+            # figures are stored per cycle instead of being aggregated from `calls`.
+            f"""CREATE TABLE IF NOT EXISTS cycle_voice (
+                account String, cycle LowCardinality(String),
+                attempts UInt64, answered UInt64, blocked UInt64, timed_out UInt64,
+                over_capacity UInt64, minutes_local UInt64, minutes_domestic_ld UInt64,
+                minutes_toll_free UInt64, minutes_international UInt64, version UInt64
+            ) ENGINE = ReplacingMergeTree(version) ORDER BY (account, cycle)
+            TTL {_ttl(_CYCLE_END, "3 YEAR")}""",
+            "ALTER TABLE fairuse_counters ADD COLUMN IF NOT EXISTS deleted UInt8 DEFAULT 0",
+        ],
+    ),
 ]
 
 

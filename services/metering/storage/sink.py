@@ -74,6 +74,7 @@ import orjson
 from metering.engine.facts import (
     AccountFact,
     CallFact,
+    CycleVoiceFact,
     ExecutionFact,
     FairUseFact,
     InteractionFact,
@@ -340,7 +341,25 @@ TABLES: dict[type, _Table] = {
                 "status",
             ),
             ("charge_usd", _decimal("charge_usd")),
+            ("deleted", _flag("deleted")),
         ],
+    ),
+    CycleVoiceFact: _Table(
+        "cycle_voice",
+        attrgetter("account", "cycle"),
+        _plain(
+            "account",
+            "cycle",
+            "attempts",
+            "answered",
+            "blocked",
+            "timed_out",
+            "over_capacity",
+            "minutes_local",
+            "minutes_domestic_ld",
+            "minutes_toll_free",
+            "minutes_international",
+        ),
     ),
     OutputEvent: _Table(
         "output_events",
@@ -374,6 +393,7 @@ FLUSH_ORDER: tuple[type, ...] = (
     PeakFact,
     MinutePeakFact,
     FairUseFact,
+    CycleVoiceFact,
     OutputEvent,
     _DeadLetter,
 )
