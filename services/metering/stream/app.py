@@ -1,0 +1,773 @@
+"""The streaming worker: a Faust app that meters the Kafka input topics.
+
+One agent consumes the four input topics (``cpaas.voice``, ``cpaas.messaging``,
+``cpaas.smartflows``, ``cpaas.accounts``) as one multi-topic channel. The topics are
+co-partitioned by account id (record key = account id, Kafka's default murmur2
+partitioner, the same partition count), and Faust's assignor hands the same partition
+number of every topic of one agent to the same worker, so one worker owns *all* of an
+account's events, and its engine state. The state changelog topic
+(:data:`STATE_CHANGELOG_TOPIC`) has the same partition count and is written with the same
+partitioner keyed by account id (``use_partitioner=True``), so an account's checkpoint
+lands on the changelog partition with the account's input partition number, which the
+assignor gives to the same worker (``tests/test_stream.py`` checks this on a live broker).
+
+Commit order of one batch
+-------------------------
+Records arrive in batches (``stream.take_events(batch_size, within=batch_window)``).
+Each record gets an extra Faust reference, so the ack ``take_events`` does after a batch
+does not mark it done: it is acked by the step below that commits it. One step, in this
+order:
+
+1. **decode** the newly consumed records (:class:`~metering.events.decode.Decoder`, topic
+   check on: ``wrong_topic``). A record on a partition other than its account's is set
+   aside to be re-produced keyed by its account (step 7), so the owner applies it;
+2. **align**: valid events wait in a :class:`~metering.stream.pipeline.Aligner` that
+   releases the four topics of each partition merged in event-time order (a consumer
+   reads them in chunks per topic-partition; without the merge a backlog of one topic
+   would push the account's watermark hours ahead of the others);
+3. **process** each released event in the engine (``engine.process(event, raw, topic)``);
+4. **drain** the engine (``engine.drain()``): facts, output events, engine rejections;
+   buffer them in the ClickHouse sink (``sink.add`` for facts and output events,
+   ``sink.add_dead_letter(rejection, topic, partition, offset)`` for decoder rejections
+   with their source position, ``sink.add_dead_letter(rejection)`` for engine rejections
+   (``orphan``, ``duplicate_call``: found by the engine, possibly long after the record,
+   so without a position, exactly like ``metering replay``);
+5. **checkpoint** (write-ahead) every account the drain touched (``batch.accounts``) into
+   the Faust table :data:`STATE_TABLE` (changelog :data:`STATE_CHANGELOG_TOPIC`): its
+   engine state *and everything this step produced for it* (facts, output events,
+   engine rejections), and await the changelog records' delivery;
+6. **flush** the sink (on a dedicated thread); while it raises
+   :class:`~metering.storage.sink.SinkUnavailable`, retry with exponential backoff (0.5 s
+   doubling to 30 s), never dropping or skipping anything; meanwhile ``/ready`` answers
+   503 and ``metering_sink_up`` is 0;
+7. **publish** output events to ``metering.interactions`` / ``metering.concurrency`` /
+   ``metering.fairuse``, dead letters to ``metering.deadletter`` (CloudEvents JSON, key =
+   account id) and rerouted records, and **await their delivery**;
+8. **ack** the step's records; Faust commits their offsets (contiguous acked offsets per
+   partition) every ``broker_commit_interval`` and on rebalance / shutdown.
+
+Why a crash between any two steps neither loses nor double-counts:
+
+* Nothing is acked before 8, so after a crash the records come again, from the
+  committed offsets, and are applied to the state of the last checkpoint.
+* A crash before 5 leaves ClickHouse and the output topics without anything of this
+  step (they are written after 5), and the changelog with the previous state: the
+  records are processed again from there, as if for the first time.
+* A crash after 5 leaves a checkpoint that contains the step. It stores, per input
+  topic, the offset of the account's partition below which every record is applied
+  (records leave the aligner in offset order per topic-partition), so the re-delivered
+  records of the account are skipped by offset, not counted twice; within the dedupe
+  horizon the state's dedupe set would also catch them (``engine.process`` returns
+  ``"duplicate"``), but a backlog can hold more than the horizon's worth of event time
+  between two offset commits. Its ``pending`` output is flushed and published again
+  when the account is restored.
+* Re-flushing is harmless: facts are replace-by-key (a later row with the same key
+  replaces the earlier one), dead letters are keyed by position + bytes + reason.
+  Re-publishing repeats deterministic CloudEvent ids (at-least-once; consumers dedupe).
+
+Why write-ahead rather than checkpointing after the flush: the engine publishes only
+*changes* (a counter, a peak, a per-minute peak is re-emitted when it differs from what
+its state says was last published) and retracts transient things it created (an
+Interaction merged into an earlier one is re-emitted as deleted). A state rolled back
+behind what ClickHouse already holds could leave a newer row there that it never
+overwrites or retracts (e.g. a fair-use counter that went up and back down). With the
+checkpoint first, the state is never behind what was flushed or published.
+
+The checkpoint also carries the account's configuration from ``account.configured``
+events (:class:`~metering.stream.pipeline.Checkpoint`): the event that set it is in the
+dedupe set and would not be applied again after a restart.
+
+Exactly-once (Kafka transactions) is deliberately off: the development broker (Tansu)
+cannot do idempotent/transactional producers and Faust's exactly-once mode has open bugs.
+There is no zombie fencing either: a worker stuck in step 6 (ClickHouse down) longer than
+the group's session timeout can be replaced while it still retries; the replacement
+restores the same checkpoint (with its pending output), so both write the same rows, and
+the old worker skips later checkpoints of partitions it no longer owns.
+
+Rebalancing
+-----------
+On revocation the worker waits for its in-flight step (a lock), commits the acked
+offsets, then drops the accounts of the revoked partitions from the engine, and drops,
+unacked, whatever it still holds of them (Faust's ``stream_wait_empty`` is off: events may
+wait in the aligner indefinitely, and the new owner reads them again anyway). After
+Faust's table recovery (the changelog replayed into the table) the accounts of the
+assigned partitions are restored from their checkpoints (``engine.restore``), and their
+pending output is flushed and published again. Account configuration: the YAML file
+given at start, then ``account.configured`` events on ``cpaas.accounts`` (which go
+through the engine like any event; the later wins).
+
+Wall clock
+----------
+A Faust timer (``idle_check_s``) closes on the wall clock the Interactions of accounts
+that received no event for ``idle_after_s`` (``engine.close_idle``), then drains,
+checkpoints, flushes and publishes like a batch.
+
+Topics are created before Faust starts (:func:`ensure_worker_topics`): the 4 inputs, the
+4 outputs and the state changelog, all with the configured partition count (Faust's own
+topic declaration and leader topic are off, so nothing gets a broker-default count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import faust
+from faust.streams import _current_event
+from faust.types import TP, EventT
+from mode import Service
+
+from metering.engine.accounts import AccountConfig, load_accounts
+from metering.engine.engine import Engine
+from metering.kafka.topics import INPUT_TOPICS, TopicSpec, ensure_topics, topic_specs
+from metering.storage.client import StorageError, StorageUnavailable, connect
+from metering.storage.schema import migrate, set_retention
+from metering.storage.sink import ClickHouseSink, SinkUnavailable
+from metering.stream.metrics import WorkerMetrics
+from metering.stream.pipeline import Outgoing, Pipeline, Record, Work
+from metering.stream.settings import WorkerSettings
+
+__all__ = [
+    "APP_ID",
+    "STATE_CHANGELOG_TOPIC",
+    "STATE_TABLE",
+    "StreamRuntime",
+    "create_app",
+    "ensure_worker_topics",
+    "runtime_of",
+    "worker_topic_specs",
+]
+
+log = logging.getLogger(__name__)
+
+APP_ID = "metering"
+STATE_TABLE = "engine-state"
+STATE_CHANGELOG_TOPIC = "metering-engine-state-changelog"
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+"""Largest producer request: one checkpoint is one record and can be a few MB."""
+RELEASE_INTERVAL_S = 0.2
+"""How often held (aligned) events are re-checked for release."""
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+T = TypeVar("T")
+
+
+def worker_topic_specs(partitions: int) -> list[TopicSpec]:
+    """The 4 inputs, the 4 outputs and the (compacted) state changelog."""
+    return topic_specs(partitions, [TopicSpec(STATE_CHANGELOG_TOPIC, partitions, compacted=True)])
+
+
+async def ensure_worker_topics(settings: WorkerSettings) -> list[str]:
+    """Create every topic the worker uses (before Faust starts); returns those created."""
+    return await ensure_topics(
+        settings.bootstrap,
+        worker_topic_specs(settings.partitions),
+        client_options=dict(settings.client_options),
+    )
+
+
+# ----------------------------------------------------------------------------- faust glue
+
+
+class _PartitionEvent:
+    """Stands in for Faust's current event where a store wants one for its partition
+    (the RocksDB store files each key under ``current_event().message.partition``)."""
+
+    class _Message:
+        def __init__(self, partition: int) -> None:
+            self.partition = partition
+            self.topic = STATE_CHANGELOG_TOPIC
+
+    def __init__(self, partition: int) -> None:
+        self.message = self._Message(partition)
+
+
+@contextmanager
+def _in_partition(partition: int) -> Iterator[None]:
+    stub = _PartitionEvent(partition)
+    token = _current_event.set(weakref.ref(stub))  # type: ignore[arg-type]  # duck-typed event
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def _credentials(options: dict[str, Any]) -> Any:
+    """Faust credentials from aiokafka security options (metering.kafka.topics)."""
+    protocol = options.get("security_protocol", "PLAINTEXT")
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return faust.SSLCredentials(options.get("ssl_context"))
+    return faust.SASLCredentials(
+        username=options.get("sasl_plain_username"),
+        password=options.get("sasl_plain_password"),
+        ssl_context=options.get("ssl_context") if protocol == "SASL_SSL" else None,
+        mechanism=options.get("sasl_mechanism", "PLAIN"),
+    )
+
+
+def faust_settings(settings: WorkerSettings) -> dict[str, Any]:
+    """Keyword arguments of :class:`faust.App` for ``settings``."""
+    conf: dict[str, Any] = {
+        "broker": [f"kafka://{h.strip()}" for h in settings.bootstrap.split(",") if h.strip()],
+        "store": settings.state_store,
+        "datadir": settings.data_dir,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "processing_guarantee": "at_least_once",
+        "consumer_auto_offset_reset": "earliest",
+        "topic_partitions": settings.partitions,
+        "topic_allow_declare": False,  # ensure_worker_topics created them all
+        "topic_disable_leader": True,  # no leader topic (nothing here runs "on leader")
+        "producer_acks": -1,
+        "producer_max_request_size": MAX_REQUEST_BYTES,
+        "web_enabled": True,
+        "web_port": settings.web_port,
+        "web_host": settings.web_host,
+        "web_bind": settings.web_bind,
+        "web_in_thread": False,
+        # Do not wait for in-flight events on rebalance/shutdown: events can wait in the
+        # aligner, or a step can wait for ClickHouse, indefinitely. Unacked events are
+        # simply read again; checkpoints carry offsets, so nothing is applied twice.
+        "stream_wait_empty": False,
+    }
+    creds = _credentials(dict(settings.client_options))
+    if creds is not None:
+        conf["broker_credentials"] = creds
+    if settings.embedded:
+        # Tansu (the development broker): one record per producer batch, so that its end
+        # offsets (start of the last batch + 1) are right and changelog recovery reads to
+        # the end; and short group timeouts, because its group joins are slow.
+        conf.update(
+            producer_max_batch_size=1,
+            broker_session_timeout=6.0,
+            broker_heartbeat_interval=1.0,
+            broker_rebalance_timeout=10.0,
+        )
+    return conf
+
+
+async def _to_list(futs: Sequence[Awaitable[T]]) -> list[T]:
+    return list(await asyncio.gather(*futs))
+
+
+# ----------------------------------------------------------------------------- runtime
+
+
+class OutputProducer(Service):
+    """The producer of output events, dead letters and rerouted records: a plain,
+    batching aiokafka producer (``acks=all``, no idempotence), separate from Faust's, which
+    in the embedded profile sends one record per batch for the changelog's sake."""
+
+    def __init__(self, settings: WorkerSettings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.producer: Any = None
+
+    async def on_start(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap,
+            client_id="metering-worker-outputs",
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=2,
+            max_batch_size=1 << 20,
+            max_request_size=MAX_REQUEST_BYTES,
+            **dict(self.settings.client_options),
+        )
+        await self.producer.start()
+
+    async def on_stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
+
+
+class StreamRuntime:
+    """Everything the Faust app's agent, timer, signals and web views share."""
+
+    def __init__(self, settings: WorkerSettings, app: faust.App, client: Any = None) -> None:
+        self.settings = settings
+        self.app = app
+        self.metrics = WorkerMetrics()
+        self.yaml_accounts: dict[str, AccountConfig] = (
+            load_accounts(settings.accounts_file) if settings.accounts_file else {}
+        )
+        self.engine = Engine(settings.engine_config(), self.yaml_accounts)
+        self.client: Any = client
+        self.sink: ClickHouseSink | None = ClickHouseSink(client) if client is not None else None
+        self.pipeline = Pipeline(
+            self.engine,
+            self.sink,
+            self.metrics,
+            partitions=settings.partitions,
+            yaml_accounts=self.yaml_accounts,
+            compression=settings.checkpoint_compression,
+            lookup=self._lookup,
+            align_wait_s=settings.align_wait_s,
+        )
+        self.table: Any = None  # set by create_app
+        self.outputs = OutputProducer(settings)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
+        self._lock: asyncio.Lock | None = None
+        #: state: set once the first recovery completed; False while rebalancing
+        self.consuming = False
+        self.ever_consumed = False
+        self.sink_error: str | None = None
+        self.owned: set[int] = set()
+        self.generation = 0
+        self.metrics.sink_up.set(1 if client is not None else 0)
+        self.metrics.ready.set(0)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def run_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a ClickHouse call on the worker's single ClickHouse thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    @property
+    def ready(self) -> bool:
+        return self.consuming and self.sink_error is None and self.sink is not None
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.consuming:
+            return False, "not consuming yet (joining the group or recovering state)"
+        if self.sink is None:
+            return False, self.sink_error or "ClickHouse not connected yet"
+        if self.sink_error is not None:
+            return False, f"ClickHouse unavailable: {self.sink_error}"
+        return True, "ok"
+
+    def _set_sink_error(self, error: str | None) -> None:
+        self.sink_error = error
+        self.metrics.sink_up.set(0 if error else 1)
+        self.metrics.ready.set(1 if self.ready else 0)
+
+    def _lookup(self, account: str) -> bytes | None:
+        if self.table is None:
+            return None
+        with _in_partition(self.pipeline.owner_partition(account)):
+            value = self.table.data.get(account.encode())
+        return value if isinstance(value, bytes) else None
+
+    async def _retry(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Retry ``fn`` with exponential backoff until it succeeds (never give up: the
+        batch is not acked until it does)."""
+        delay = BACKOFF_START_S
+        while True:
+            try:
+                return await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+
+    # ------------------------------------------------------------------ sink
+    def _open_storage(self) -> Any:
+        """Connect and migrate (on the ClickHouse thread). The embedded engine keeps rows
+        of any age (retention is a ClickHouse server's job), as for ``metering replay``."""
+        s = self.settings
+        client = connect(db_dir=s.db_dir, url=s.clickhouse_url)
+        try:
+            migrate(client)
+            if s.db_dir is not None:
+                set_retention(client, False)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def connect_now(self) -> None:
+        """Connect to ClickHouse and migrate now, on the ClickHouse thread (before Faust
+        starts, to fail fast on a bad chDB directory). Raises StorageUnavailable when a
+        server is unreachable (the worker then retries when records come)."""
+        if self.sink is not None:
+            return
+        try:
+            client = self._executor.submit(self._open_storage).result()
+        except StorageUnavailable as exc:
+            self._set_sink_error(str(exc))
+            raise
+        self.client = client
+        self.sink = self.pipeline.sink = ClickHouseSink(client)
+        self._set_sink_error(None)
+
+    async def ensure_sink(self) -> ClickHouseSink:
+        """Connect to ClickHouse and migrate, retrying while it is unreachable."""
+        delay = BACKOFF_START_S
+        while self.sink is None:
+            try:
+                client = await self.run_db(self._open_storage)
+            except StorageUnavailable as exc:
+                self._set_sink_error(str(exc))
+                log.warning("ClickHouse unavailable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            self.client = client
+            self.sink = self.pipeline.sink = ClickHouseSink(client)
+            self._set_sink_error(None)
+        return self.sink
+
+    async def flush_sink(self) -> None:
+        """Commit step 6: flush, retrying with backoff while ClickHouse is unavailable."""
+        sink = await self.ensure_sink()
+        delay = BACKOFF_START_S
+        while True:
+            started = time.perf_counter()
+            try:
+                stats = await self.run_db(sink.flush)
+            except SinkUnavailable as exc:
+                self.metrics.sink_retries.inc()
+                self._set_sink_error(str(exc))
+                log.warning("ClickHouse flush failed (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            except StorageError as exc:
+                # not transient (a schema or programming error): stop rather than spin
+                self._set_sink_error(str(exc))
+                raise
+            elapsed = time.perf_counter() - started
+            self.metrics.sink_seconds.observe(elapsed)
+            self.metrics.step_seconds.labels("flush").observe(elapsed)
+            for table, n in stats.rows.items():
+                self.metrics.sink_rows.labels(table).inc(n)
+            if self.sink_error is not None:
+                log.info("ClickHouse is back")
+            self._set_sink_error(None)
+            return
+
+    # ------------------------------------------------------------------ kafka
+    async def publish(self, outgoing: Sequence[Outgoing]) -> None:
+        """Commit step 7: produce and await delivery of every record."""
+        if not outgoing:
+            return
+        started = time.perf_counter()
+        producer = self.outputs.producer
+        if producer is None:  # pragma: no cover - the service starts with the app
+            raise RuntimeError("the output producer is not started")
+
+        async def send_all() -> None:
+            futs = [await producer.send(o.topic, o.value, key=o.key) for o in outgoing]
+            await _to_list(futs)
+
+        await self._retry(f"publishing {len(outgoing)} records", send_all)
+        self.pipeline.observe_outputs(outgoing)
+        self.metrics.step_seconds.labels("publish").observe(time.perf_counter() - started)
+
+    async def checkpoint(self, work: Work, generation: int) -> bool:
+        """Write the checkpoints of the accounts ``work`` touched (state + the step's
+        output) to the table and await the changelog records. An account whose partition
+        is no longer ours (a rebalance since ``generation``) is skipped."""
+        started = time.perf_counter()
+        blobs = self.pipeline.checkpoints(work)
+        if not blobs:
+            return True
+        table = self.table
+        owned_now = self.owned
+        futs = []
+        for account, blob in blobs:
+            partition = self.pipeline.owner_partition(account)
+            if generation != self.generation and partition not in owned_now:
+                log.warning("not checkpointing %s: partition %d was revoked", account, partition)
+                continue
+            key = account.encode()
+            with _in_partition(partition):
+                table.data[key] = blob
+                fut = table.send_changelog(None, key, blob)
+            sent_to = fut.message.partition
+            if sent_to is not None and sent_to != partition:  # pragma: no cover - invariant
+                log.error(
+                    "checkpoint of %s went to changelog partition %s, expected %d: the "
+                    "producer's partitioner differs from the input topics' one",
+                    account,
+                    sent_to,
+                    partition,
+                )
+            futs.append(fut)
+
+        async def wait() -> None:
+            await _to_list(futs)
+
+        await self._retry("writing checkpoints", wait)
+        self.metrics.step_seconds.labels("checkpoint").observe(time.perf_counter() - started)
+        return True
+
+    async def commit(self, work: Work, generation: int) -> None:
+        """Checkpoint (write-ahead), flush, publish ``work`` (module docstring)."""
+        await self.checkpoint(work, generation)
+        await self.flush_sink()
+        await self.publish(work.outgoing)
+        for (topic, partition), pos in work.positions.items():
+            self.metrics.consumer_position.labels(topic, str(partition)).set(pos)
+        self.pipeline.update_gauges(work.accounts)
+
+    # ------------------------------------------------------------------ agent / timers
+    def _highwater(self, topic: str, partition: int) -> int | None:
+        try:
+            hw = self.app.consumer.highwater(TP(topic, partition))
+        except Exception:  # not assigned / not fetched yet
+            return None
+        return hw if isinstance(hw, int) else None
+
+    def _committed(self, topic: str, partition: int) -> int | None:
+        # Faust keeps the group's committed offsets here (filled at assignment)
+        offsets = getattr(self.app.consumer, "_committed_offset", None)
+        if offsets is None:
+            return None
+        value = offsets.get(TP(topic, partition))
+        return value if isinstance(value, int) else None
+
+    def _final_ack(self, event: EventT[Any]) -> None:
+        """Release the reference taken in :meth:`handle`; the last one marks the offset
+        safe to commit."""
+        message = event.message
+        if message.ack(self.app.consumer):
+            self.app.sensors.on_message_out(message.tp, message.offset, message)
+
+    async def handle(self, events: Sequence[EventT[Any]]) -> None:
+        """One batch from the agent: admit (decode) every record, then :meth:`step`.
+
+        Each event gets an extra reference, so the ack ``take_events`` does after this
+        returns does not mark it done: the step that commits it acks it (events can wait
+        in the aligner across batches), or nobody does (a crash, a revocation: the record
+        is consumed again from the committed offset). Events fetched before the current
+        rebalance generation, or of partitions no longer assigned, are dropped the same
+        way, unacked: the consumer re-reads them from the committed offset."""
+        async with self.lock:
+            app = self.app
+            assignment = app.consumer.assignment()
+            generation = app.consumer_generation_id
+            admitted: list[tuple[Record, Any]] = []
+            for e in events:
+                msg = e.message
+                msg.incref()
+                if msg.tp not in assignment or msg.generation_id not in (None, generation):
+                    continue  # stale: never acked
+                ts = msg.timestamp
+                rec = Record(
+                    msg.topic,
+                    msg.partition,
+                    msg.offset,
+                    msg.key,
+                    msg.value,
+                    None if ts is None else int(ts * 1000),
+                )
+                admitted.append((rec, e))
+            if admitted:
+                self.pipeline.admit(admitted)
+            await self._step()
+
+    async def _step(self) -> None:
+        """Steps 2-8 for whatever the aligner releases (lock held)."""
+        if not self.pipeline.pending:
+            return
+        generation = self.generation
+        await self.ensure_sink()
+        work = self.pipeline.step(self._highwater, self._committed)
+        if not work.tokens and not work.outgoing and not work.accounts:
+            return
+        await self.commit(work, generation)
+        self.pipeline.aligner.busy()
+        for token in work.tokens:
+            self._final_ack(token)
+        for topic, n in work.records_by_topic.items():
+            self.metrics.records_consumed.labels(topic).inc(n)
+
+    async def release_held(self) -> None:
+        """Background loop: release aligned events whose wait ended (a lagging topic
+        caught up or timed out), and redo restored checkpoints' pending output."""
+        if not self.pipeline.pending:
+            return
+        async with self.lock:
+            await self._step()
+
+    async def close_idle(self) -> None:
+        """The wall-clock timer: close idle accounts' Interactions."""
+        if not self.consuming:
+            return
+        async with self.lock:
+            if self.sink is None:
+                return
+            generation = self.generation
+            work = self.pipeline.close_idle(int(time.time() * 1000), self.settings.idle_after_s)
+            if work.outgoing or work.accounts or self.sink.pending:
+                await self.commit(work, generation)
+
+    # ------------------------------------------------------------------ rebalancing
+    async def on_revoked(self, revoked: set[TP]) -> None:
+        parts = {tp.partition for tp in revoked if tp.topic in INPUT_TOPICS}
+        async with self.lock:
+            # commit what is acked while the partitions are still ours (fewer records
+            # to skip again after the rebalance; correctness does not depend on it)
+            try:
+                await self.app.consumer.commit()
+            except Exception as exc:  # a failed commit only means more re-reading
+                log.info("commit before revocation failed: %s", exc)
+            self.generation += 1
+            self.consuming = False
+            self.metrics.ready.set(0)
+            self.owned -= parts
+            gone = self.pipeline.forget_partitions(parts)
+        if gone:
+            log.info("revoked partitions %s: dropped %d accounts", sorted(parts), len(gone))
+
+    async def on_assigned(self, assigned: set[TP]) -> None:
+        async with self.lock:
+            self.generation += 1
+            self.owned = {tp.partition for tp in assigned if tp.topic in INPUT_TOPICS}
+            self.metrics.rebalances.inc()
+            # anything held for a partition we did not get back goes
+            self.pipeline.forget(
+                [
+                    a
+                    for a in self.pipeline.loaded
+                    if self.pipeline.owner_partition(a) not in self.owned
+                ]
+            )
+        log.info("assigned input partitions %s", sorted(self.owned))
+
+    async def on_recovered(self) -> None:
+        """After the table recovered from the changelog: restore the owned accounts."""
+        async with self.lock:
+            table = self.table
+            # from the consumer, not from on_assigned: recovery may finish first
+            self.owned = {
+                tp.partition for tp in self.app.consumer.assignment() if tp.topic in INPUT_TOPICS
+            }
+            restored = 0
+            for key in list(table.data.keys()):
+                account = key.decode() if isinstance(key, bytes) else str(key)
+                if account in self.pipeline.loaded:
+                    continue
+                partition = self.pipeline.owner_partition(account)
+                if partition not in self.owned:
+                    continue  # a standby copy of another worker's account
+                with _in_partition(partition):
+                    blob = table.data.get(key)
+                if isinstance(blob, bytes):
+                    self.pipeline.restore(account, blob)
+                    restored += 1
+            self.metrics.accounts_owned.set(len(self.pipeline.loaded))
+            self.consuming = True
+            self.ever_consumed = True
+            self.metrics.ready.set(1 if self.ready else 0)
+        log.info(
+            "state recovered: %d accounts restored, partitions %s", restored, sorted(self.owned)
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception:  # pragma: no cover - best effort at exit
+                log.debug("closing the ClickHouse client failed", exc_info=True)
+
+
+def runtime_of(app: faust.App) -> StreamRuntime:
+    rt = getattr(app, "metering_runtime", None)
+    if not isinstance(rt, StreamRuntime):
+        raise LookupError("not an app made by metering.stream.app.create_app")
+    return rt
+
+
+def create_app(settings: WorkerSettings, *, client: Any = None) -> faust.App:
+    """The Faust app of the worker (see the module docstring).
+
+    ``client`` is an open ClickHouse client; None connects lazily (with retries) on the
+    worker's ClickHouse thread when the first batch arrives.
+    """
+    from metering.stream.web import register_views
+
+    app = faust.App(APP_ID, **faust_settings(settings))
+    rt = StreamRuntime(settings, app, client)
+    app.metering_runtime = rt  # type: ignore[attr-defined]  # Faust apps take attributes
+
+    changelog = app.topic(
+        STATE_CHANGELOG_TOPIC,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        compacting=True,
+        internal=False,
+    )
+    rt.table = app.Table(
+        STATE_TABLE,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.partitions,
+        changelog_topic=changelog,
+        use_partitioner=True,
+        help="engine checkpoints (msgpack AccountState + config) by account id",
+    )
+    rt.table.on_recover(rt.on_recovered)
+    app.add_dependency(rt.outputs)
+
+    inputs = app.topic(
+        *INPUT_TOPICS,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    async def meter(stream: faust.StreamT[bytes]) -> None:
+        # StreamT does not declare take_events (faust.Stream has it)
+        batches = stream.take_events(  # type: ignore[attr-defined]
+            settings.batch_size, within=settings.batch_window_s
+        )
+        async for events in batches:
+            await rt.handle(events)
+
+    app.agent(inputs, name="metering.stream.meter")(meter)
+
+    async def release_loop() -> None:
+        # a loop rather than app.timer: a step can outlast the interval (Faust's timers
+        # then warn about overlapping runs)
+        while not app.should_stop:
+            await asyncio.sleep(RELEASE_INTERVAL_S)
+            await rt.release_held()
+
+    app.task(release_loop)
+
+    if settings.idle_check_s > 0:
+
+        async def idle_check() -> None:
+            await rt.close_idle()
+
+        app.timer(interval=settings.idle_check_s, name="metering.stream.idle_check")(idle_check)
+
+    async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        await rt.on_revoked(revoked)
+
+    async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        await rt.on_assigned(assigned)
+
+    # Faust types signal receivers with a keyword-only ``signal`` parameter it passes in
+    # **kwargs; these handlers take it there.
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
+    register_views(app, rt)
+    return app
