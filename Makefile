@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools test lint run bench clean
+.PHONY: install tools test lint run demo bench clean
 
 install: $(STAMP)
 
@@ -28,11 +28,18 @@ lint: install
 test: install tools lint
 	$(BIN)/pytest -q
 
+# The embedded default: dev broker, one worker with embedded ClickHouse under .metering/,
+# and a steady simulated stream; prints where to look; Ctrl-C stops it all.
 run: install
-	$(BIN)/metering demo --workdir .metering
+	$(BIN)/metering up --workdir .metering
+
+# Offline: simulate a log, replay it into embedded ClickHouse, print every statement.
+demo: install
+	$(BIN)/metering demo --workdir .metering/demo
 
 bench: install
 	$(BIN)/python benchmarks/replay_bench.py
+	$(BIN)/python benchmarks/pipeline_bench.py
 
 clean:
 	rm -rf .metering .pytest_cache .mypy_cache .ruff_cache

@@ -196,6 +196,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db_options(p)
     p.set_defaults(func=cmd_statement)
 
+    from metering.stream.cli import (
+        add_up_arguments,
+        add_worker_arguments,
+        run_up,
+        run_worker,
+    )
+
+    p = sub.add_parser("worker", help="run one streaming worker (Faust on Kafka)")
+    add_worker_arguments(p)
+    p.set_defaults(func=run_worker)
+
+    p = sub.add_parser(
+        "up", help="the embedded stack: dev broker, one worker, a steady simulated stream"
+    )
+    add_up_arguments(p)
+    p.set_defaults(func=run_up)
+
     from metering.report.cli import add_report_arguments, run_report
 
     p = sub.add_parser(
