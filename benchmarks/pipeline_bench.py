@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import statistics
@@ -43,7 +42,6 @@ import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -233,8 +231,8 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--accounts", type=int, default=8)
     ap.add_argument("--days", type=float, default=3)
-    ap.add_argument("--batch-size", type=int, default=2000)
-    ap.add_argument("--batch-window", type=float, default=1.0)
+    ap.add_argument("--batch-size", type=int, default=10_000, help="worker --batch-size")
+    ap.add_argument("--batch-window", type=float, default=1.0, help="worker --batch-window")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--rate", type=float, default=200.0, help="latency run: events/s")
     ap.add_argument("--latency-seconds", type=float, default=30.0)
@@ -341,7 +339,6 @@ def main() -> int:
                 "events/s (process start to end, chDB start included)")  # fmt: skip
         else:
             say(f"replay failed: {out.stderr[-500:]}")
-    json.dumps({})  # keep json imported for ad-hoc dumps
     return 0
 
 

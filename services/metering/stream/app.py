@@ -13,10 +13,13 @@ assignor gives to the same worker (``tests/test_stream.py`` checks this on a liv
 
 Commit order of one batch
 -------------------------
-Records arrive in batches (``stream.take_events(batch_size, within=batch_window)``).
-Each record gets an extra Faust reference, so the ack ``take_events`` does after a batch
-does not mark it done: it is acked by the step below that commits it. One step, in this
-order:
+The agent takes records in small batches (``stream.take_events(batch_size,
+within=0.1 s)``) and hands them to a processor task, so Faust keeps delivering while a
+step waits for ClickHouse. Each record gets an extra Faust reference, so the ack
+``take_events`` does after a batch does not mark it done: it is acked by the step that
+commits it. The processor runs a step once ``batch_size`` records wait or the oldest has
+waited ``batch_window`` (big steps for a backlog, bounded latency for steady traffic).
+One step, in this order:
 
 1. **decode** the newly consumed records (:class:`~metering.events.decode.Decoder`, topic
    check on: ``wrong_topic``). A record on a partition other than its account's is set
@@ -115,7 +118,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import faust
@@ -151,8 +154,16 @@ STATE_TABLE = "engine-state"
 STATE_CHANGELOG_TOPIC = "metering-engine-state-changelog"
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 """Largest producer request: one checkpoint is one record and can be a few MB."""
-RELEASE_INTERVAL_S = 0.2
-"""How often held (aligned) events are re-checked for release."""
+END_OFFSETS_EVERY_S = 15.0
+TAKE_WINDOW_S = 0.1
+"""The agent hands records to the processor at least this often (the processor decides
+when a step runs: ``batch_size`` / ``batch_window``)."""
+LAGGING_WINDOWS = 10
+"""While catching up a backlog, commits wait for ``batch_size`` records, or at most this
+many batch windows."""
+RELEASE_INTERVAL_S = 0.1
+"""How often the processor looks for work without being woken (aligned events whose wait
+ended, restored checkpoints' pending output)."""
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 
@@ -320,6 +331,13 @@ class StreamRuntime:
         self.outputs = OutputProducer(settings)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
         self._lock: asyncio.Lock | None = None
+        self._wakeup: asyncio.Event | None = None
+        #: work processed (steps 2-4) but not committed yet (steps 5-8)
+        self._uncommitted: Work | None = None
+        self._uncommitted_at = 0.0
+        self._uncommitted_generation = 0
+        self._uncommitted_restored = False
+        self._room: asyncio.Event | None = None
         #: state: set once the first recovery completed; False while rebalancing
         self.consuming = False
         self.ever_consumed = False
@@ -449,6 +467,8 @@ class StreamRuntime:
             elapsed = time.perf_counter() - started
             self.metrics.sink_seconds.observe(elapsed)
             self.metrics.step_seconds.labels("flush").observe(elapsed)
+            for phase, seconds in stats.timings.items():
+                self.metrics.sink_phase_seconds.labels(phase).inc(seconds)
             for table, n in stats.rows.items():
                 self.metrics.sink_rows.labels(table).inc(n)
             if self.sink_error is not None:
@@ -519,9 +539,25 @@ class StreamRuntime:
         await self.publish(work.outgoing)
         for (topic, partition), pos in work.positions.items():
             self.metrics.consumer_position.labels(topic, str(partition)).set(pos)
+            end = self._highwater(topic, partition)
+            if end is not None:
+                self.metrics.input_end_offset.labels(topic, str(partition)).set(end)
         self.pipeline.update_gauges(work.accounts)
 
     # ------------------------------------------------------------------ agent / timers
+    def refresh_end_offsets(self) -> None:
+        """Publish the high-water mark of every assigned input partition (its own timer,
+        so the gauge keeps moving while the processing loop is stuck)."""
+        try:
+            assigned = self.app.consumer.assignment()
+        except Exception:  # consumer not started yet
+            return
+        for tp in assigned:
+            if tp.topic in INPUT_TOPICS:
+                end = self._highwater(tp.topic, tp.partition)
+                if end is not None:
+                    self.metrics.input_end_offset.labels(tp.topic, str(tp.partition)).set(end)
+
     def _highwater(self, topic: str, partition: int) -> int | None:
         try:
             hw = self.app.consumer.highwater(TP(topic, partition))
@@ -545,61 +581,140 @@ class StreamRuntime:
             self.app.sensors.on_message_out(message.tp, message.offset, message)
 
     async def handle(self, events: Sequence[EventT[Any]]) -> None:
-        """One batch from the agent: admit (decode) every record, then :meth:`step`.
+        """One batch from the agent: admit (decode) every record and wake the processor.
 
         Each event gets an extra reference, so the ack ``take_events`` does after this
         returns does not mark it done: the step that commits it acks it (events can wait
         in the aligner across batches), or nobody does (a crash, a revocation: the record
         is consumed again from the committed offset). Events fetched before the current
         rebalance generation, or of partitions no longer assigned, are dropped the same
-        way, unacked: the consumer re-reads them from the committed offset."""
-        async with self.lock:
-            app = self.app
-            assignment = app.consumer.assignment()
-            generation = app.consumer_generation_id
-            admitted: list[tuple[Record, Any]] = []
-            for e in events:
-                msg = e.message
-                msg.incref()
-                if msg.tp not in assignment or msg.generation_id not in (None, generation):
-                    continue  # stale: never acked
-                ts = msg.timestamp
-                rec = Record(
-                    msg.topic,
-                    msg.partition,
-                    msg.offset,
-                    msg.key,
-                    msg.value,
-                    None if ts is None else int(ts * 1000),
-                )
-                admitted.append((rec, e))
-            if admitted:
-                self.pipeline.admit(admitted)
-            await self._step()
+        way, unacked: the consumer re-reads them from the committed offset.
 
-    async def _step(self) -> None:
-        """Steps 2-8 for whatever the aligner releases (lock held)."""
-        if not self.pipeline.pending:
-            return
-        generation = self.generation
+        Returning quickly lets Faust keep delivering while the processor flushes
+        (``take_events`` adds nothing to its buffer while the agent holds a batch); when
+        more than two batches wait while a step runs, this waits for it (backpressure)."""
+        app = self.app
+        assignment = app.consumer.assignment()
+        generation = app.consumer_generation_id
+        admitted: list[tuple[Record, Any]] = []
+        for e in events:
+            msg = e.message
+            msg.incref()
+            if msg.tp not in assignment or msg.generation_id not in (None, generation):
+                continue  # stale: never acked
+            ts = msg.timestamp
+            rec = Record(
+                msg.topic,
+                msg.partition,
+                msg.offset,
+                msg.key,
+                msg.value,
+                None if ts is None else int(ts * 1000),
+            )
+            admitted.append((rec, e))
+        if admitted:
+            self.pipeline.admit(admitted)
+            if self.pipeline.admitted_since_step >= self.settings.batch_size:
+                self.wakeup.set()
+        # Backpressure only while a step runs: records held by the aligner for a lagging
+        # topic must not stop the delivery of that topic's records.
+        limit = 2 * self.settings.batch_size
+        while self.pipeline.backlog > limit and self.lock.locked() and not app.should_stop:
+            self.room.clear()
+            await self.room.wait()
+
+    @property
+    def wakeup(self) -> asyncio.Event:
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
+        return self._wakeup
+
+    @property
+    def room(self) -> asyncio.Event:
+        if self._room is None:
+            self._room = asyncio.Event()
+        return self._room
+
+    async def process_loop(self) -> None:
+        """The processor. Engine work (steps 2-4) runs as soon as records are released;
+        a commit (steps 5-8) covers everything processed since the previous one and runs
+        once ``batch_size`` records are uncommitted, or the oldest of them is
+        ``batch_window`` old, or a restored checkpoint's output is to be redone. So a
+        backlog is committed in big batches (each commit has a fixed cost, the
+        ClickHouse flush above all) and steady traffic within the window."""
+        pipeline = self.pipeline
+        while not self.app.should_stop:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), RELEASE_INTERVAL_S)
+            self.wakeup.clear()
+            self.metrics.backlog.set(pipeline.backlog)
+            if pipeline.pending or self._uncommitted is not None:
+                async with self.lock:
+                    if pipeline.pending:
+                        await self._advance()
+                    if self._commit_due():
+                        await self._commit_uncommitted()
+            self.room.set()
+
+    async def _advance(self) -> None:
+        """Steps 2-4 for whatever the aligner releases, added to the uncommitted work
+        (lock held)."""
         await self.ensure_sink()
         work = self.pipeline.step(self._highwater, self._committed)
         if not work.tokens and not work.outgoing and not work.accounts:
             return
-        await self.commit(work, generation)
+        if self._uncommitted is None:
+            self._uncommitted = work
+            self._uncommitted_at = time.monotonic()
+            self._uncommitted_generation = self.generation
+        else:
+            self._uncommitted.merge(work)
+        self._uncommitted_restored = self._uncommitted_restored or bool(work.restored)
+
+    def _lag(self) -> int:
+        """Records known to be on the broker (up to the last fetched high watermarks) and
+        not received yet, over the owned input partitions."""
+        lag = 0
+        aligner = self.pipeline.aligner
+        for p in self.owned:
+            for topic in INPUT_TOPICS:
+                hw = self._highwater(topic, p)
+                if hw is None:
+                    continue
+                nxt = aligner.next_offset(topic, p)
+                if nxt is None:
+                    nxt = self._committed(topic, p) or 0
+                lag += max(0, hw - nxt)
+        return lag
+
+    def _commit_due(self) -> bool:
+        """Commit at ``batch_size`` uncommitted records, or when the oldest is
+        ``batch_window`` old; while a backlog is being caught up (consumer lag of more
+        than a batch), at ``batch_size`` or ``LAGGING_WINDOWS`` windows only."""
+        work = self._uncommitted
+        if work is None:
+            return False
+        if self._uncommitted_restored or len(work.tokens) >= self.settings.batch_size:
+            return True
+        age = time.monotonic() - self._uncommitted_at
+        window = self.settings.batch_window_s
+        if age >= LAGGING_WINDOWS * window:
+            return True
+        return age >= window and self._lag() < self.settings.batch_size
+
+    async def _commit_uncommitted(self) -> None:
+        """Steps 5-8 for the uncommitted work (lock held)."""
+        work = self._uncommitted
+        if work is None:
+            return
+        await self.commit(work, self._uncommitted_generation)
+        self._uncommitted = None
+        self._uncommitted_restored = False
         self.pipeline.aligner.busy()
         for token in work.tokens:
             self._final_ack(token)
         for topic, n in work.records_by_topic.items():
             self.metrics.records_consumed.labels(topic).inc(n)
-
-    async def release_held(self) -> None:
-        """Background loop: release aligned events whose wait ended (a lagging topic
-        caught up or timed out), and redo restored checkpoints' pending output."""
-        if not self.pipeline.pending:
-            return
-        async with self.lock:
-            await self._step()
 
     async def close_idle(self) -> None:
         """The wall-clock timer: close idle accounts' Interactions."""
@@ -608,16 +723,24 @@ class StreamRuntime:
         async with self.lock:
             if self.sink is None:
                 return
-            generation = self.generation
             work = self.pipeline.close_idle(int(time.time() * 1000), self.settings.idle_after_s)
-            if work.outgoing or work.accounts or self.sink.pending:
-                await self.commit(work, generation)
+            if work.outgoing or work.accounts:
+                if self._uncommitted is None:
+                    self._uncommitted = work
+                    self._uncommitted_at = time.monotonic()
+                    self._uncommitted_generation = self.generation
+                else:
+                    self._uncommitted.merge(work)
+            await self._commit_uncommitted()
 
     # ------------------------------------------------------------------ rebalancing
     async def on_revoked(self, revoked: set[TP]) -> None:
         parts = {tp.partition for tp in revoked if tp.topic in INPUT_TOPICS}
         async with self.lock:
-            # commit what is acked while the partitions are still ours (fewer records
+            # Commit what was processed: the sink holds its facts, and they must not be
+            # flushed later without the checkpoint that covers them.
+            await self._commit_uncommitted()
+            # commit the acked offsets while the partitions are still ours (fewer records
             # to skip again after the rebalance; correctness does not depend on it)
             try:
                 await self.app.consumer.commit()
@@ -736,21 +859,17 @@ def create_app(settings: WorkerSettings, *, client: Any = None) -> faust.App:
     async def meter(stream: faust.StreamT[bytes]) -> None:
         # StreamT does not declare take_events (faust.Stream has it)
         batches = stream.take_events(  # type: ignore[attr-defined]
-            settings.batch_size, within=settings.batch_window_s
+            settings.batch_size, within=min(TAKE_WINDOW_S, settings.batch_window_s)
         )
         async for events in batches:
             await rt.handle(events)
 
     app.agent(inputs, name="metering.stream.meter")(meter)
 
-    async def release_loop() -> None:
-        # a loop rather than app.timer: a step can outlast the interval (Faust's timers
-        # then warn about overlapping runs)
-        while not app.should_stop:
-            await asyncio.sleep(RELEASE_INTERVAL_S)
-            await rt.release_held()
+    async def process_loop() -> None:
+        await rt.process_loop()
 
-    app.task(release_loop)
+    app.task(process_loop)
 
     if settings.idle_check_s > 0:
 
@@ -758,6 +877,11 @@ def create_app(settings: WorkerSettings, *, client: Any = None) -> faust.App:
             await rt.close_idle()
 
         app.timer(interval=settings.idle_check_s, name="metering.stream.idle_check")(idle_check)
+
+    async def end_offsets() -> None:
+        rt.refresh_end_offsets()
+
+    app.timer(interval=END_OFFSETS_EVERY_S, name="metering.stream.end_offsets")(end_offsets)
 
     async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         await rt.on_revoked(revoked)

@@ -33,6 +33,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -78,6 +79,11 @@ class WorkerMetrics:
             ["topic"],
             registry=r,
         )
+        self.backlog = Gauge(
+            "metering_backlog_records",
+            "Records admitted but not handled yet (waiting in the aligner or for a step)",
+            registry=r,
+        )
         self.align_timeouts = Gauge(
             "metering_align_timeouts",
             "Times a partition's events went ahead without a lagging input topic "
@@ -117,6 +123,13 @@ class WorkerMetrics:
             "metering_sink_flush_seconds",
             "ClickHouse flush time per batch (successful attempts)",
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sink_phase_seconds = Counter(
+            "metering_sink_phase_seconds",
+            "ClickHouse flush time by phase (dirty-bucket bookkeeping, each fact table, usage "
+            "aggregates), from the sink's FlushStats",
+            ["phase"],
             registry=r,
         )
         self.sink_rows = Counter(
@@ -195,6 +208,26 @@ class WorkerMetrics:
         self.rebalances = Counter(
             "metering_rebalances", "Partition assignments received", registry=r
         )
+        # process_resident_memory_bytes and friends (worker memory on the dashboards)
+        ProcessCollector(registry=r)
+        self.input_end_offset = Gauge(
+            "metering_input_end_offset",
+            "Log end offset (high-water mark) of each assigned input partition; with "
+            "metering_consumer_position it shows a worker falling behind or stalling",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.calls_blocked = Counter(
+            "metering_calls_blocked",
+            "Accepted calls the platform blocked (all ports in use)",
+            registry=r,
+        )
+        self.fairuse_warning = Gauge(
+            "metering_fairuse_warning_scopes",
+            "Scopes of a rule at its warning step (80% of a max threshold) this cycle",
+            ["account", "rule"],
+            registry=r,
+        )
         self._groups: dict[str, set[str]] = {}
         self._fairuse_rules: dict[str, set[str]] = {}
 
@@ -213,14 +246,20 @@ class WorkerMetrics:
         self._groups[account] = keep
 
     def set_fairuse(
-        self, account: str, values: Mapping[str, float], failing: Mapping[str, int]
+        self,
+        account: str,
+        values: Mapping[str, float],
+        failing: Mapping[str, int],
+        warning: Mapping[str, int] | None = None,
     ) -> None:
         for rule in self._fairuse_rules.get(account, set()) - values.keys():
             self.fairuse_value.remove(account, rule)
             self.fairuse_failing.remove(account, rule)
+            self.fairuse_warning.remove(account, rule)
         for rule, v in values.items():
             self.fairuse_value.labels(account, rule).set(v)
             self.fairuse_failing.labels(account, rule).set(failing.get(rule, 0))
+            self.fairuse_warning.labels(account, rule).set((warning or {}).get(rule, 0))
         self._fairuse_rules[account] = set(values)
 
     def forget_accounts(self, accounts: Iterable[str]) -> None:
@@ -231,5 +270,6 @@ class WorkerMetrics:
             for rule in self._fairuse_rules.pop(account, set()):
                 self.fairuse_value.remove(account, rule)
                 self.fairuse_failing.remove(account, rule)
+                self.fairuse_warning.remove(account, rule)
             with contextlib.suppress(KeyError):
                 self.account_concurrency.remove(account)

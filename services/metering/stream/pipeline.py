@@ -34,7 +34,14 @@ from metering.engine.facts import Fact, OutputEvent
 from metering.engine.rules import RULES, evaluate, round_ratio, threshold_value
 from metering.engine.state import AccountState
 from metering.events.decode import Decoder, Rejection, ms_to_rfc3339, to_ms
-from metering.events.models import AccountConfigured, AccountData, InputEvent, event_type
+from metering.events.models import (
+    AccountConfigured,
+    AccountData,
+    CallCompleted,
+    CallStarted,
+    InputEvent,
+    event_type,
+)
 from metering.events.outputs import cloudevent, deadletter_data, encode
 from metering.kafka.topics import INPUT_TOPICS
 from metering.stream.metrics import WorkerMetrics
@@ -108,6 +115,23 @@ class Work:
     #: account -> what this step produced for it (written ahead in its checkpoint)
     pending: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)
 
+    #: whether this includes the output of restored checkpoints (commit it promptly)
+    restored: bool = False
+
+    def merge(self, other: Work) -> None:
+        """Add a later step's work to this one (one commit covers both)."""
+        self.outgoing.extend(other.outgoing)
+        self.accounts = sorted(set(self.accounts) | set(other.accounts))
+        self.tokens.extend(other.tokens)
+        for key, pos in other.positions.items():
+            if pos > self.positions.get(key, -1):
+                self.positions[key] = pos
+        for topic, n in other.records_by_topic.items():
+            self.records_by_topic[topic] = self.records_by_topic.get(topic, 0) + n
+        for account, items in other.pending.items():
+            self.pending.setdefault(account, []).extend(items)
+        self.restored = self.restored or other.restored
+
     def done(self, rec: Record, token: Any) -> None:
         self.tokens.append(token)
         topic = rec.topic
@@ -175,6 +199,10 @@ class Aligner:
         """Records were just admitted, or a step just ended: waits count from now."""
         self._busy_at = self._monotonic()
 
+    def next_offset(self, topic: str, partition: int) -> int | None:
+        """The offset after the last record received from (topic, partition)."""
+        return self._next.get((topic, partition))
+
     def note(self, topic: str, partition: int, offset: int) -> None:
         """A record of (topic, partition) at ``offset`` was received."""
         key = (topic, partition)
@@ -230,6 +258,7 @@ class Aligner:
         rank = self._rank
         for p in sorted(self._queues):
             qs = self._queues[p]
+            timed_out = False
             while True:
                 heads = [(q[0].time, rank[t], t) for t, q in qs.items() if q]
                 if not heads:
@@ -245,7 +274,9 @@ class Aligner:
                         idle = now - max(since, self._busy_at)
                         if idle < self.max_wait_s and now - since < self.HARD_CAP * self.max_wait_s:
                             break
-                        self.timeouts += 1
+                        if not timed_out:
+                            timed_out = True
+                            self.timeouts += 1
                     else:
                         self._blocked_since.pop(p, None)
                 else:
@@ -404,6 +435,9 @@ class Pipeline:
         self._passed: list[tuple[Record, Any]] = []
         self._dead: list[tuple[Rejection, str, int, int]] = []
         self._reroute: list[tuple[int, Outgoing]] = []  # (source partition, record)
+        self._backlog_since: float | None = None
+        #: records admitted since the last step began
+        self.admitted_since_step = 0
         #: account -> the pending output of its restored checkpoint, to redo
         self._restored: dict[str, list[tuple[str, bytes]]] = {}
         #: account -> topic -> offset below which its records are in its restored state
@@ -519,6 +553,9 @@ class Pipeline:
         decode = self.decoder.decode
         aligner = self.aligner
         aligner.busy()
+        if self._backlog_since is None and records:
+            self._backlog_since = self._monotonic()
+        self.admitted_since_step += len(records)
         started = time.perf_counter()
         for rec, token in records:
             topic = rec.topic
@@ -548,6 +585,21 @@ class Pipeline:
         m.step_seconds.labels("decode").observe(time.perf_counter() - started)
 
     @property
+    def backlog(self) -> int:
+        """Admitted records not handled yet."""
+        return self.aligner.held + len(self._passed)
+
+    def backlog_age(self) -> float:
+        """Seconds since the oldest record of the current backlog was admitted."""
+        if self._backlog_since is None:
+            return 0.0
+        return self._monotonic() - self._backlog_since
+
+    @property
+    def has_restored(self) -> bool:
+        return bool(self._restored)
+
+    @property
     def pending(self) -> bool:
         """Whether a :meth:`step` has anything to do (admitted records not yet handled,
         or the output of a restored checkpoint to redo)."""
@@ -565,6 +617,8 @@ class Pipeline:
         m = self.metrics
         work = Work()
         released = self.aligner.release(highwater, committed, force)
+        self._backlog_since = None if not self.aligner.held else self._monotonic()
+        self.admitted_since_step = 0
         process = self.engine.process
         now = self._monotonic()
         started = time.perf_counter()
@@ -582,6 +636,12 @@ class Pipeline:
             m.events.labels(topic, etype, verdict).inc()
             if verdict == "duplicate":
                 m.duplicates.labels(topic).inc()
+            elif (
+                verdict == "accepted"
+                and isinstance(ev, (CallStarted, CallCompleted))
+                and ev.data.blocked
+            ):
+                m.calls_blocked.inc()
             elif verdict == "accepted" and isinstance(ev, AccountConfigured):
                 self.event_configs[account] = ev.data
             self.last_seen[account] = now
@@ -595,6 +655,7 @@ class Pipeline:
         m.step_seconds.labels("drain").observe(drained - processed)
         m.engine_seconds.observe(drained - started)
         m.align_timeouts.set(self.aligner.timeouts)
+        m.backlog.set(self.backlog)
         dead, self._dead = self._dead, []
         work.outgoing.extend(out for _, out in self._reroute)
         self._reroute = []
@@ -663,6 +724,7 @@ class Pipeline:
                 if rule in RULES:
                     m.fairuse_events.labels(rule, out.type).inc()
         work.accounts = sorted(set(batch.accounts) | restored.keys())
+        work.restored = bool(restored)
 
     def _output(self, out: OutputEvent) -> Outgoing:
         try:
@@ -718,13 +780,15 @@ class Pipeline:
             m.set_concurrency(account, conc["occupied"], groups)
             values: dict[str, float] = {}
             failing: dict[str, int] = {}
+            warning: dict[str, int] = {}
             for row in self.fairuse(account)["rules"]:
                 rule = row["rule"]
                 v = float(row["value"])
                 worse = max if RULES[rule].kind == "max" else min
                 values[rule] = worse(values[rule], v) if rule in values else v
                 failing[rule] = failing.get(rule, 0) + (row["status"] == "breach")
-            m.set_fairuse(account, values, failing)
+                warning[rule] = warning.get(rule, 0) + (row["status"] == "warning")
+            m.set_fairuse(account, values, failing, warning)
         m.accounts_owned.set(len(self.loaded))
 
     # ------------------------------------------------------------------ queries
