@@ -142,6 +142,16 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def sink_phases(metrics: str) -> dict[str, float]:
+    """phase -> seconds from metering_sink_phase_seconds_total."""
+    out: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("metering_sink_phase_seconds_total{"):
+            phase = line.split('phase="', 1)[1].split('"', 1)[0]
+            out[phase] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def step_times(metrics: str) -> dict[str, tuple[float, float]]:
     """step -> (total seconds, count) from metering_batch_step_seconds."""
     sums: dict[str, float] = {}
@@ -288,6 +298,7 @@ def main() -> int:
             worker_s = time.perf_counter() - healthy
             _, body = http(url + "/metrics")
             steps = step_times(body.decode())
+            phases = sink_phases(body.decode())
             rss_after_backlog = peak_rss_mb(proc.pid)
 
             now = datetime.now(UTC).replace(microsecond=0)
@@ -314,6 +325,12 @@ def main() -> int:
         say(f"  {step:<14} {s:8.2f} s  {100 * s / worker_s:5.1f}% of the run  "
             f"({int(c)} batches, {1000 * s / max(c, 1):.1f} ms each)")  # fmt: skip
     say(f"  (steps total {total:.1f} s; the rest is Faust, fetching, aligning, acking)")
+    flush_total = sum(phases.values())
+    if flush_total:
+        say("ClickHouse flush by phase (sink FlushStats):")
+        top = sorted(phases.items(), key=lambda kv: -kv[1])
+        for phase, sec in top[:6]:
+            say(f"  {phase:<20} {sec:8.2f} s  {100 * sec / flush_total:5.1f}% of flush time")
     say(f"latency at {args.rate:.0f} events/s for {args.latency_seconds:.0f} s "
         f"(produce -> output published after the ClickHouse flush, n={len(lat)}): "
         f"p50 {1000 * pct(lat, 0.5):.0f} ms  p99 {1000 * pct(lat, 0.99):.0f} ms  "

@@ -62,6 +62,9 @@ def message_sent(message_id: str, time: str, account: str = "acct-1") -> bytes:
 
 PY = sys.executable
 PARTITIONS = 4
+SLOW = pytest.mark.slow
+"""End-to-end tests (a broker and worker processes, ~2 minutes in all). They run by default
+(``make test``); deselect them with ``-m "not slow"``."""
 GROUP = "metering"
 
 # Every table is compared row for row (count ... FINAL) with the replay, except:
@@ -486,9 +489,95 @@ def test_checkpoint_round_trip() -> None:
         assert back.state == st and back.config == AccountData()
 
 
+class _ListSink:
+    """Collects what the pipeline buffers (stands in for ClickHouseSink)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.dead: list[Any] = []
+
+    def add(self, item: Any) -> None:
+        self.items.append(item)
+
+    def add_dead_letter(self, rej: Any, *args: Any) -> None:
+        self.dead.append((rej, *args))
+
+
+def _records(lines: list[bytes]) -> list[tuple[Record, Any]]:
+    """The lines as records of the input topics, partitioned like the producer does."""
+    from metering.kafka.produce import route_line
+
+    offsets: dict[tuple[str, int], int] = {}
+    out = []
+    for i, line in enumerate(lines):
+        topic, key = route_line(line)
+        p = partition_for(key.decode(), PARTITIONS) if key else i % PARTITIONS
+        off = offsets.get((topic, p), 0)
+        offsets[(topic, p)] = off + 1
+        out.append((Record(topic, p, off, key, line), (topic, p, off)))
+    return out
+
+
+def test_restore_skips_applied_records_by_offset_and_redoes_pending_output(
+    sim_log: SimLog,
+) -> None:
+    """Without a broker: a pipeline restored from checkpoints taken mid-log skips, by
+    offset, every re-delivered record its accounts already applied (even beyond the
+    dedupe horizon: the log spans 3 days), redoes the checkpoints' pending output, and
+    ends with the statements of an uninterrupted run."""
+    from metering.engine.accounts import load_accounts
+    from metering.engine.engine import Engine
+    from metering.stream.metrics import WorkerMetrics
+    from metering.stream.pipeline import Pipeline
+
+    accounts = load_accounts(sim_log.accounts)
+    records = _records(sim_log.lines)
+    ends: dict[tuple[str, int], int] = {}
+    for rec, _ in records:
+        ends[(rec.topic, rec.partition)] = rec.offset + 1
+
+    def hw(t: str, p: int) -> int | None:
+        return ends.get((t, p), 0)
+
+    def no_commit(t: str, p: int) -> int | None:
+        return None
+
+    def pipeline(lookup: Any = None) -> Pipeline:
+        return Pipeline(Engine(None, accounts), _ListSink(), WorkerMetrics(),
+                        partitions=PARTITIONS, yaml_accounts=accounts, lookup=lookup)  # fmt: skip
+
+    # uninterrupted
+    full = pipeline()
+    full.admit(records)
+    full.step(hw, no_commit, force=True)
+    # interrupted after ~60% of the log, checkpointed, restored, everything re-delivered
+    cut = len(records) * 6 // 10
+    first = pipeline()
+    first.admit(records[:cut])
+    work = first.step(hw, no_commit, force=True)
+    saved = dict(first.checkpoints(work))
+    assert saved and all(decode_checkpoint(b).pending for b in saved.values())
+    second = pipeline(lambda account: saved.get(account))
+    second.admit(records)  # from offset 0 again
+    skipped = metric_sum(second.metrics.render().decode(), "metering_records_skipped_total")
+    work2 = second.step(hw, no_commit, force=True)
+    assert skipped >= sum(1 for r, _ in records[:cut] if r.key) * 0.9
+    assert len(work2.tokens) == len(records)
+    redone = {type(i).__name__ for i in second.sink.items}
+    assert "RawEventFact" in redone  # the first run's pending facts, flushed again
+    assert second.engine.accounts() == full.engine.accounts()
+    for account in full.engine.accounts():
+        assert second.engine.cycles_of(account) == full.engine.cycles_of(account)
+        for cycle in full.engine.cycles_of(account):
+            assert second.engine.statement_facts(account, cycle) == (
+                full.engine.statement_facts(account, cycle)
+            ), (account, cycle)
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
+@SLOW
 def test_1_worker_statements_equal_replay(
     sim_log: SimLog, broker: DevBroker, tmp_path: Path
 ) -> None:
@@ -545,6 +634,7 @@ def test_1_worker_statements_equal_replay(
     assert json.loads(out.stdout) == sim_log.replay["statements"][key]
 
 
+@SLOW
 def test_2_sigkill_three_times_still_equals_replay(
     sim_log: SimLog, broker: DevBroker, tmp_path: Path
 ) -> None:
@@ -621,6 +711,7 @@ async def _send(bootstrap: str, records: list[tuple[str, bytes | None, bytes]]) 
         await p.stop()
 
 
+@SLOW
 def test_3_malformed_input_is_dead_lettered_and_the_worker_keeps_going(
     solo: tuple[DevBroker, Worker],
 ) -> None:
@@ -668,6 +759,7 @@ def test_3_malformed_input_is_dead_lettered_and_the_worker_keeps_going(
         assert f'metering_dead_letters_total{{reason="{reason}"}} 1.0' in text
 
 
+@SLOW
 def test_5_http_api(solo: tuple[DevBroker, Worker], tmp_path: Path) -> None:
     """(5) /health, /ready, /metrics, /statements, /concurrency, /fairuse."""
     _, w = solo
@@ -714,6 +806,7 @@ def test_5_http_api(solo: tuple[DevBroker, Worker], tmp_path: Path) -> None:
         assert run(_committed(b2.bootstrap)).get(("cpaas.messaging", p), -1) <= 0
 
 
+@SLOW
 def test_4_two_workers_split_the_partitions(
     sim_log: SimLog, broker: DevBroker, tmp_path: Path
 ) -> None:

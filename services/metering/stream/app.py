@@ -11,15 +11,16 @@ partitioner keyed by account id (``use_partitioner=True``), so an account's chec
 lands on the changelog partition with the account's input partition number, which the
 assignor gives to the same worker (``tests/test_stream.py`` checks this on a live broker).
 
-Commit order of one batch
--------------------------
+Commit order
+------------
 The agent takes records in small batches (``stream.take_events(batch_size,
-within=0.1 s)``) and hands them to a processor task, so Faust keeps delivering while a
-step waits for ClickHouse. Each record gets an extra Faust reference, so the ack
-``take_events`` does after a batch does not mark it done: it is acked by the step that
-commits it. The processor runs a step once ``batch_size`` records wait or the oldest has
-waited ``batch_window`` (big steps for a backlog, bounded latency for steady traffic).
-One step, in this order:
+within=0.1 s)``), decodes them and hands them to a processor task, so Faust keeps
+delivering while a commit waits for ClickHouse. Each record gets an extra Faust
+reference, so the ack ``take_events`` does after a batch does not mark it done: the
+commit that covers it acks it. The processor runs steps 2-4 as records are released and
+steps 5-8 (one *commit*) for everything processed since the previous commit, once
+``batch_size`` records are uncommitted or the oldest is ``batch_window`` old (while a
+backlog is caught up: at ``batch_size``, or 10 windows). In this order:
 
 1. **decode** the newly consumed records (:class:`~metering.events.decode.Decoder`, topic
    check on: ``wrong_topic``). A record on a partition other than its account's is set
@@ -35,10 +36,11 @@ One step, in this order:
    with their source position, ``sink.add_dead_letter(rejection)`` for engine rejections
    (``orphan``, ``duplicate_call``: found by the engine, possibly long after the record,
    so without a position, exactly like ``metering replay``);
-5. **checkpoint** (write-ahead) every account the drain touched (``batch.accounts``) into
-   the Faust table :data:`STATE_TABLE` (changelog :data:`STATE_CHANGELOG_TOPIC`): its
-   engine state *and everything this step produced for it* (facts, output events,
-   engine rejections), and await the changelog records' delivery;
+5. **checkpoint** (write-ahead) every account the drains touched (``batch.accounts``)
+   into the Faust table :data:`STATE_TABLE` (changelog :data:`STATE_CHANGELOG_TOPIC`):
+   its engine state, *everything produced for it since the last commit* (facts, output
+   events, engine rejections) and the input offsets it covers; await the changelog
+   records' delivery;
 6. **flush** the sink (on a dedicated thread); while it raises
    :class:`~metering.storage.sink.SinkUnavailable`, retry with exponential backoff (0.5 s
    doubling to 30 s), never dropping or skipping anything; meanwhile ``/ready`` answers
@@ -46,10 +48,11 @@ One step, in this order:
 7. **publish** output events to ``metering.interactions`` / ``metering.concurrency`` /
    ``metering.fairuse``, dead letters to ``metering.deadletter`` (CloudEvents JSON, key =
    account id) and rerouted records, and **await their delivery**;
-8. **ack** the step's records; Faust commits their offsets (contiguous acked offsets per
-   partition) every ``broker_commit_interval`` and on rebalance / shutdown.
+8. **ack** the commit's records; Faust commits their offsets (contiguous acked offsets
+   per partition) every ``broker_commit_interval`` and before a revocation.
 
-Why a crash between any two steps neither loses nor double-counts:
+Why a crash between any two steps neither loses nor double-counts (a "step" below is
+everything one commit covers):
 
 * Nothing is acked before 8, so after a crash the records come again, from the
   committed offsets, and are applied to the state of the last checkpoint.

@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 __all__ = ["add_up_arguments", "add_worker_arguments", "main", "run_up", "run_worker"]
 
@@ -255,6 +256,11 @@ def run_up(args: argparse.Namespace) -> int:
     proxy: KcatProxy | None = None
     worker: subprocess.Popen[bytes] | None = None
     interrupted = False
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # stop like Ctrl-C
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         say(f"[1/4] starting the development broker (Tansu) on 127.0.0.1:{port}")
         try:
@@ -351,6 +357,7 @@ def run_up(args: argparse.Namespace) -> int:
         say("\nstopping ...")
         return 0
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if worker is not None:
             _stop_process(worker)
         if proxy is not None:

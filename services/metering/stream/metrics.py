@@ -9,7 +9,8 @@ Label cardinality is bounded on purpose. The labels and why each is bounded:
 * ``type``: CloudEvent types of SPEC sections 2 and 7 (fixed set; only *validated*
   events are labelled with their type, so garbage input cannot invent new values).
 * ``verdict``: ``accepted``, ``duplicate``, ``rejected``. ``reason``: the six dead-letter
-  reason codes. ``table``: the ClickHouse tables the sink writes. ``rule``: the nine
+  reason codes. ``table``: the ClickHouse tables the sink writes; ``phase``: those tables
+  plus the sink's ``dirty`` and ``usage`` steps. ``rule``: the nine
   fair-use rules. ``step``: the fixed batch steps. ``close_reason``: ``deadline``,
   ``wall_clock``, ``merged``.
 * ``partition``: bounded by the configured partition count.

@@ -50,13 +50,14 @@ Environment variables
     multi-record batches), and short group timeouts (session 6 s, heartbeat 1 s,
     rebalance 10 s; Tansu group joins are slow with the defaults).
 ``METERING_BATCH_SIZE``
-    Most records handled per batch (flag ``--batch-size``; default 10000). One batch is
-    one engine drain, one checkpoint, one ClickHouse flush and one round of output
-    events; each has a fixed cost, so big batches make a backlog go faster, while the
-    batch window bounds the latency of steady traffic.
+    Records per commit (flag ``--batch-size``; default 10000): a commit (checkpoint,
+    ClickHouse flush, output events, offsets) runs once this many records are processed
+    and uncommitted. Each commit has a fixed cost (the flush above all), so big commits
+    make a backlog go faster; the batch window bounds the latency of steady traffic.
 ``METERING_BATCH_WINDOW``
-    Seconds to wait for a batch to fill before handling what arrived (flag
-    ``--batch-window``; default 1.0).
+    A commit also runs once the oldest uncommitted record is this many seconds old
+    (flag ``--batch-window``; default 1.0), except while a backlog is being caught up
+    (consumer lag above a batch), when it waits for a full batch or 10 windows.
 ``METERING_ALLOWED_LATENESS``, ``METERING_DEDUPE_HORIZON``, ``METERING_MAX_CALL_DURATION``
     The time rules of SPEC sections 2, 3 and 5, in seconds (flags ``--allowed-lateness``,
     ``--dedupe-horizon``, ``--max-call-duration``; defaults 900, 86400, 14400), as for
@@ -72,8 +73,9 @@ Environment variables
 ``METERING_ALIGN_WAIT``
     The four input topics are merged per partition in event-time order (see
     :class:`metering.stream.pipeline.Aligner`); a topic-partition that has not delivered
-    up to its high watermark holds back the others of its partition for at most this
-    many seconds (flag ``--align-wait``; default 2).
+    up to its high watermark holds back the others of its partition until its records
+    come, or until the worker has idled this many seconds (flag ``--align-wait``; default
+    2; at most 10 times that in all).
 ``METERING_CHECKPOINT_COMPRESSION``
     ``zlib`` (default) or ``none``: compression of the engine checkpoints written to the
     changelog (a busy account's state is a few MB of msgpack; zlib level 1 shrinks it
@@ -332,13 +334,14 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=int,
         metavar="N",
-        help="most records per batch (default: $METERING_BATCH_SIZE or 10000)",
+        help="records per commit (default: $METERING_BATCH_SIZE or 10000)",
     )
     p.add_argument(
         "--batch-window",
         type=float,
         metavar="SECONDS",
-        help="wait this long for a batch to fill (default: $METERING_BATCH_WINDOW or 1.0)",
+        help="commit once the oldest uncommitted record is this old (default: "
+        "$METERING_BATCH_WINDOW or 1.0)",
     )
     p.add_argument(
         "--idle-check",
