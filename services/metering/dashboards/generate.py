@@ -17,6 +17,7 @@ from pathlib import Path
 
 from metering.dashboards import fairuse, health, insights, voice
 from metering.dashboards.builder import Dashboard, Json
+from metering.generated import write_or_check
 
 DASHBOARD_DIR = Path("deploy") / "grafana" / "dashboards"
 
@@ -101,20 +102,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     directory: Path = args.dir or default_dir()
-    if args.check:
-        stale = check(directory)
-        for name in stale:
-            print(f"stale: {directory / name}")
-        if stale:
-            print("run `metering dashboards` to regenerate", file=sys.stderr)
-            return 1
-        print(f"{directory}: up to date ({len(documents())} dashboards)")
-        return 0
-    changed = write(directory)
-    for name in changed:
-        print(f"updated: {directory / name}")
-    print(f"{directory}: {len(changed)} changed, {len(documents())} dashboards")
-    return 0
+    return write_or_check(
+        directory,
+        check_only=args.check,
+        check=check,
+        write=write,
+        total=len(documents()),
+        noun="dashboards",
+        command="metering dashboards",
+    )
 
 
 if __name__ == "__main__":

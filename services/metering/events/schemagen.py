@@ -36,6 +36,7 @@ import yaml
 
 from metering.events.models import INPUT_TYPES, MESSAGING_CHANNELS, TOPIC_TYPES
 from metering.events.outputs import OUTPUT_TOPIC_TYPES, OUTPUT_TYPES
+from metering.generated import write_or_check
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 BASE_URI = "https://metering.example/schemas/"
@@ -443,20 +444,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("dir", nargs="?", type=Path, help="default: schemas/ at the repo root")
     args = parser.parse_args(argv)
     directory: Path = args.dir or default_dir()
-    if args.check:
-        stale = check(directory)
-        for rel in stale:
-            print(f"stale: {directory / rel}")
-        if stale:
-            print("run `metering schemas` to regenerate", file=sys.stderr)
-            return 1
-        print(f"{directory}: up to date ({len(documents())} files)")
-        return 0
-    changed = write(directory)
-    for rel in changed:
-        print(f"updated: {directory / rel}")
-    print(f"{directory}: {len(changed)} changed, {len(documents())} files")
-    return 0
+    return write_or_check(
+        directory,
+        check_only=args.check,
+        check=check,
+        write=write,
+        total=len(documents()),
+        noun="files",
+        command="metering schemas",
+    )
 
 
 if __name__ == "__main__":
