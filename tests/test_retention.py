@@ -15,6 +15,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -249,6 +252,56 @@ def test_each_tier_keeps_and_drops_what_it_should(client: Client) -> None:
     assert _accounts(client, "accounts") == ["keep-account"]
     dl = client.query("SELECT account FROM dead_letters").result_rows
     assert [r[0] for r in dl] == ["keep-dl"]
+
+
+_REOPEN = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from test_retention import CASES, _labels, _optimize_all
+from metering.storage import connect
+from metering.storage.schema import set_retention
+c = connect(db_dir={path!r})
+_optimize_all(c)  # a full merge: it would apply any TTL the tables still had
+def labels():
+    return {{f"{{i}}/{{t}}": _labels(c, t, f"case{{i}}-") for i, (t, *_) in enumerate(CASES)}}
+before = labels()
+if {enable!r}:
+    set_retention(c, True)
+    _optimize_all(c)
+after = labels()
+print(json.dumps([before, after]))
+c.close()
+"""
+
+
+def _reopen(path: Path, enable: bool) -> list[dict[str, list[str]]]:
+    code = _REOPEN.format(tests=str(Path(__file__).parent), path=str(path), enable=enable)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out: list[dict[str, list[str]]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def test_retention_off_holds_when_the_directory_is_opened_again(tmp_path: Path) -> None:
+    """Retention switched off is stored with the tables: another process opening the
+    directory (and merging) keeps the old rows until retention is switched on again."""
+    path = tmp_path / "ch"
+    c = connect(db_dir=str(path))
+    try:
+        migrate(c)
+        set_retention(c, False)
+        _insert_cases(c)
+    finally:
+        c.close()
+    both = ["inside", "outside"]
+    before, after = _reopen(path, enable=False)
+    assert set(map(tuple, before.values())) == {tuple(both)}
+    assert after == before
+    before, after = _reopen(path, enable=True)  # a third process: still there, until on
+    assert set(map(tuple, before.values())) == {tuple(both)}
+    assert set(map(tuple, after.values())) == {("inside",)}
 
 
 def test_call_events_expire_before_other_raw_events(client: Client) -> None:

@@ -109,6 +109,32 @@ def _ttl(time_expr: str, interval: str) -> str:
     return f"{time_expr} + INTERVAL {interval}"
 
 
+RETENTION: dict[str, str] = {
+    # Real-time (per-minute) analytics: 3 days.
+    "usage_minute": _ttl("toDateTime(bucket)", "3 DAY"),
+    "concurrency_minute": _ttl("toDateTime(minute)", "3 DAY"),
+    # Hourly: 14 days. Daily: 90 days (bucket is the account's local day).
+    "usage_hour": _ttl("toDateTime(bucket)", "14 DAY"),
+    "usage_day": _ttl("bucket", "90 DAY"),
+    # Call records: 60 days from the call's start; the raw call events likewise (from
+    # their own time); every other raw event is a platform usage record.
+    "calls": _ttl("toDateTime(started_at)", "60 DAY"),
+    "events_raw": f"{_ttl('toDateTime(time)', '60 DAY')} DELETE WHERE type LIKE 'call.%', "
+    f"{_ttl('toDateTime(time)', '3 YEAR')}",
+    # Platform usage records: 3 years.
+    "messages": _ttl("toDateTime(time)", "3 YEAR"),
+    "interactions": _ttl("toDateTime(origin)", "3 YEAR"),
+    "executions": _ttl("toDateTime(time)", "3 YEAR"),
+    "output_events": _ttl("toDateTime(time)", "3 YEAR"),
+    # Cycle-level records (peaks, fair-use counters, voice counts): 3 years after the
+    # cycle ends.
+    "cycle_peaks": _ttl(_CYCLE_END, "3 YEAR"),
+    "fairuse_counters": _ttl(_CYCLE_END, "3 YEAR"),
+    "cycle_voice": _ttl(_CYCLE_END, "3 YEAR"),
+}
+"""The retention TTL of each table (SPEC section 7), as set by the migrations."""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One schema step: ``statements`` run in order, each idempotent."""
@@ -257,26 +283,9 @@ MIGRATIONS: list[Migration] = [
         2,
         "retention (SPEC section 7): TTL per tier",
         [
-            # Real-time (per-minute) analytics: 3 days.
-            f"ALTER TABLE usage_minute MODIFY TTL {_ttl('toDateTime(bucket)', '3 DAY')}",
-            f"ALTER TABLE concurrency_minute MODIFY TTL {_ttl('toDateTime(minute)', '3 DAY')}",
-            # Hourly: 14 days. Daily: 90 days (bucket is the account's local day).
-            f"ALTER TABLE usage_hour MODIFY TTL {_ttl('toDateTime(bucket)', '14 DAY')}",
-            f"ALTER TABLE usage_day MODIFY TTL {_ttl('bucket', '90 DAY')}",
-            # Call records: 60 days from the call's start; the raw call events likewise
-            # (from their own time); every other raw event is a platform usage record.
-            f"ALTER TABLE calls MODIFY TTL {_ttl('toDateTime(started_at)', '60 DAY')}",
-            "ALTER TABLE events_raw MODIFY TTL "
-            f"{_ttl('toDateTime(time)', '60 DAY')} DELETE WHERE type LIKE 'call.%', "
-            f"{_ttl('toDateTime(time)', '3 YEAR')}",
-            # Platform usage records: 3 years.
-            f"ALTER TABLE messages MODIFY TTL {_ttl('toDateTime(time)', '3 YEAR')}",
-            f"ALTER TABLE interactions MODIFY TTL {_ttl('toDateTime(origin)', '3 YEAR')}",
-            f"ALTER TABLE executions MODIFY TTL {_ttl('toDateTime(time)', '3 YEAR')}",
-            f"ALTER TABLE output_events MODIFY TTL {_ttl('toDateTime(time)', '3 YEAR')}",
-            # Cycle-level records (peaks, fair-use counters): 3 years after the cycle ends.
-            f"ALTER TABLE cycle_peaks MODIFY TTL {_ttl(_CYCLE_END, '3 YEAR')}",
-            f"ALTER TABLE fairuse_counters MODIFY TTL {_ttl(_CYCLE_END, '3 YEAR')}",
+            f"ALTER TABLE {table} MODIFY TTL {RETENTION[table]}"
+            for table in RETENTION
+            if table != "cycle_voice"  # created with its TTL by migration 4
         ],
     ),
     Migration(
@@ -303,7 +312,7 @@ MIGRATIONS: list[Migration] = [
                 over_capacity UInt64, minutes_local UInt64, minutes_domestic_ld UInt64,
                 minutes_toll_free UInt64, minutes_international UInt64, version UInt64
             ) ENGINE = ReplacingMergeTree(version) ORDER BY (account, cycle)
-            TTL {_ttl(_CYCLE_END, "3 YEAR")}""",
+            TTL {RETENTION["cycle_voice"]}""",
             "ALTER TABLE fairuse_counters ADD COLUMN IF NOT EXISTS deleted UInt8 DEFAULT 0",
         ],
     ),
@@ -374,11 +383,31 @@ def migrate(client: Client, migrations: list[Migration] | None = None) -> list[i
 
 
 def set_retention(client: Client, enabled: bool) -> None:
-    """Start or stop the TTL deletes of every existing table (``SYSTEM START/STOP TTL
-    MERGES``) until the ClickHouse process (for chDB: this Python process) ends.
+    """Switch the retention TTLs of the tables in :data:`RETENTION` off or back on.
 
-    For databases holding fixed-date data older than the retention limits: tests, demos
-    and replays of old logs on the embedded engine. Call it after :func:`migrate` (tables
-    created later are not affected). Production servers keep retention on.
+    Off: TTL merges are stopped and every retention TTL is removed from its table
+    (``ALTER TABLE ... REMOVE TTL``). The removal is stored in the table definitions, so
+    it also holds when the database is opened again later: stopping TTL merges alone
+    lasts only for the process, and merges that run while chDB loads a directory could
+    still delete old rows (seen: usage_hour rows of an old replay gone on reopen).
+    On: the TTLs are set again (``MODIFY TTL``, which also removes rows already expired)
+    and TTL merges restarted.
+
+    For embedded databases holding fixed-date data older than the retention limits
+    (replays of old logs, demos, tests). Call it after :func:`migrate`; a later
+    migration that sets a TTL again turns retention back on for that table. Production
+    servers keep retention on.
     """
-    client.command(f"SYSTEM {'START' if enabled else 'STOP'} TTL MERGES")
+    if enabled:
+        for table, ttl in RETENTION.items():
+            client.command(f"ALTER TABLE {table} MODIFY TTL {ttl}")
+        client.command("SYSTEM START TTL MERGES")
+        return
+    client.command("SYSTEM STOP TTL MERGES")
+    with_ttl = client.query(
+        "SELECT name FROM system.tables WHERE database = currentDatabase() "
+        "AND name IN {t:Array(String)} AND positionCaseInsensitive(create_table_query, ' TTL ') > 0",
+        parameters={"t": list(RETENTION)},
+    ).result_rows
+    for (table,) in with_ttl:
+        client.command(f"ALTER TABLE {table} REMOVE TTL")
