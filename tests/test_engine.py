@@ -530,3 +530,57 @@ def test_every_execution_is_published_even_when_it_expires_in_the_same_drain() -
     )
     facts = [f for f in b.facts if type(f).__name__ == "ExecutionFact"]
     assert [(f.execution_id, f.nlp_uses) for f in facts] == [("x1", 1)]
+
+
+# ------------------------------------------------------------------ account lifecycle
+def _holds(e: Engine, account: str) -> list[str]:
+    """Names of the engine's per-account containers still holding ``account``."""
+    return [
+        name
+        for name, value in vars(e).items()
+        if isinstance(value, dict | set) and account in value and name != "_configs"
+    ]
+
+
+def test_forget_drops_everything_about_one_account() -> None:
+    e = engine({"acct-2": {"timezone": "America/Denver"}})
+    both = [
+        call_started("c1", at(0), account="acct-1"),
+        message("message.sent", at(1), account="acct-1"),
+        call_started("c1", at(0), account="acct-2"),
+        message("message.sent", at(1), account="acct-2"),
+    ]
+    feed(e, both)
+    e.process(decode(both[1]), both[1])  # a duplicate of acct-1, pending until a drain
+    later = message("message.sent", at(2), account="acct-2")
+    e.process(decode(later), later)  # acct-2 has pending (undrained) work too
+    assert _holds(e, "acct-2")
+    e.forget("acct-2")
+    assert _holds(e, "acct-2") == []
+    assert e.config_of("acct-2").timezone == "UTC"  # back to the defaults
+    assert e.accounts() == ["acct-1"]
+    # the forgotten account starts afresh: its old event is no duplicate any more
+    assert e.process(decode(both[3]), both[3]) == "accepted"
+    e.forget(
+        "acct-1", parse_accounts({"accounts": {"acct-1": {"timezone": "Europe/Paris"}}})["acct-1"]
+    )
+    assert e.config_of("acct-1").timezone == "Europe/Paris"
+    assert e.accounts() == ["acct-2"]
+
+
+def test_close_idle_only_for_the_accounts_given() -> None:
+    e = engine()
+    feed(
+        e,
+        [
+            message("message.sent", "2026-11-10T12:00:00.000Z", account="acct-1"),
+            message("message.sent", "2026-11-10T12:00:00.000Z", account="acct-2"),
+        ],
+    )
+    far = int(datetime(2026, 12, 1, tzinfo=UTC).timestamp() * 1000)
+    e.close_idle(far, accounts=["acct-2", "acct-unknown"])
+    closed = [o.account for o in e.drain().outputs if o.type == "interaction.closed"]
+    assert closed == ["acct-2"]
+    e.close_idle(far)
+    closed = [o.account for o in e.drain().outputs if o.type == "interaction.closed"]
+    assert closed == ["acct-1"]

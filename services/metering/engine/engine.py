@@ -193,6 +193,28 @@ class Engine:
             self._batch.facts.append(_account_fact(self.config_of(account)))
         return st
 
+    def forget(self, account: str, config: AccountConfig | None = None) -> None:
+        """Drop everything held about ``account`` (state, pending work, caches); its
+        configuration becomes ``config`` (None: the defaults). Call it between drains, e.g.
+        when a streaming worker hands the account's partition to another worker."""
+        self._states.pop(account, None)
+        self._dirty.discard(account)
+        for per_account in (
+            self._dirty_calls,
+            self._dirty_inter,
+            self._dirty_exec,
+            self._dirty_cycles,
+            self._cals,
+            self._ivs,
+            self._pending,
+        ):
+            per_account.pop(account, None)
+        self._last_cycle = None
+        if config is None:
+            self._configs.pop(account, None)
+        else:
+            self._configs[account] = config
+
     def restore(self, state: AccountState) -> None:
         """Adopt a snapshot of one account (from a changelog)."""
         self._states[state.account] = state
@@ -279,10 +301,7 @@ class Engine:
             call.cdr = None
             call.cdr_times = None
         call.started = new
-        self._retract(st, call)
-        self._fill(call, st.account, d, cal)
-        self._pending_call(st, call)
-        return "accepted"
+        return self._redescribed(st, call, d, cal)
 
     def _call(self, st: AccountState, call_id: str) -> Call:
         call = st.calls.get(call_id)
@@ -376,6 +395,11 @@ class Engine:
             None if d.answered_at is None else to_ms(d.answered_at),
             to_ms(d.ended_at),
         )
+        return self._redescribed(st, call, d, cal)
+
+    def _redescribed(self, st: AccountState, call: Call, d: Any, cal: Calendar) -> Verdict:
+        """A new description of ``call`` (``call.started`` data or a CDR) won: take back
+        what the call contributed, copy the description's fields, settle it at the drain."""
         self._retract(st, call)
         self._fill(call, st.account, d, cal)
         self._pending_call(st, call)
@@ -833,11 +857,16 @@ class Engine:
                 if not chain:
                     del st.conversations[conv]
 
-    def close_idle(self, now_ms: int) -> None:
+    def close_idle(self, now_ms: int, accounts: Iterable[str] | None = None) -> None:
         """Close interactions whose deadline + allowed lateness has passed on the wall clock
-        (for accounts whose events stopped, so their watermark no longer moves)."""
+        (for accounts whose events stopped, so their watermark no longer moves); only those
+        of ``accounts`` when given."""
         late = self.config.allowed_lateness_ms
-        for st in self._states.values():
+        if accounts is None:
+            states: Iterable[AccountState] = self._states.values()
+        else:
+            states = [st for a in accounts if (st := self._states.get(a)) is not None]
+        for st in states:
             for chain in st.conversations.values():
                 for inter in chain:
                     if not inter.closed and inter.deadline + late <= now_ms:

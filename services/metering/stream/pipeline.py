@@ -6,10 +6,6 @@ sink. :mod:`metering.stream.app` drives it from Faust in the commit order docume
 there; this module does the synchronous steps (decode, engine, sink buffering), encodes
 output events and checkpoints, and answers the HTTP queries from engine state. Keeping it
 free of Faust makes it testable without a broker.
-
-Engine helpers that the :class:`Engine` API does not have yet live here
-(:func:`forget_account`, :func:`only_accounts`); they touch the engine's private
-attributes and are the only places that do.
 """
 
 from __future__ import annotations
@@ -19,8 +15,7 @@ import logging
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -57,8 +52,6 @@ __all__ = [
     "Work",
     "decode_checkpoint",
     "encode_checkpoint",
-    "forget_account",
-    "only_accounts",
     "partition_for",
 ]
 
@@ -354,46 +347,6 @@ def decode_checkpoint(blob: bytes) -> Checkpoint:
     raise ValueError(f"unknown checkpoint format byte {head!r}")
 
 
-# ----------------------------------------------------------------------------- engine helpers
-
-
-def forget_account(engine: Engine, account: str, config: AccountConfig | None) -> None:
-    """Remove everything ``engine`` holds about ``account`` (its partition went to another
-    worker); its configuration goes back to ``config`` (the YAML's, or None = defaults).
-
-    Only between drains. Adapter-side stand-in for an ``Engine.forget(account)``: it pops
-    the account from every per-account dict / set of the engine, whatever their names, so
-    that it keeps working as the engine grows caches.
-    """
-    for name, value in vars(engine).items():
-        if name == "_configs":
-            continue
-        if isinstance(value, dict):
-            value.pop(account, None)
-        elif isinstance(value, set):
-            value.discard(account)
-    if hasattr(engine, "_last_cycle"):
-        engine._last_cycle = None
-    if config is None:
-        engine._configs.pop(account, None)
-    else:
-        engine._configs[account] = config
-
-
-@contextmanager
-def only_accounts(engine: Engine, accounts: Iterable[str]) -> Iterator[None]:
-    """Let an all-accounts engine call (``close_idle``) see only ``accounts``.
-
-    Adapter-side stand-in for ``Engine.close_idle(now_ms, accounts=...)``.
-    """
-    saved = engine._states
-    engine._states = {a: saved[a] for a in accounts if a in saved}
-    try:
-        yield
-    finally:
-        engine._states = saved
-
-
 def _deadletter_id(*parts: object) -> str:
     return hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=12).hexdigest()
 
@@ -491,7 +444,7 @@ class Pipeline:
     def forget(self, accounts: Iterable[str]) -> list[str]:
         gone = [a for a in accounts if a in self.loaded]
         for account in gone:
-            forget_account(self.engine, account, self.yaml_accounts.get(account))
+            self.engine.forget(account, self.yaml_accounts.get(account))
             self.loaded.discard(account)
             self.event_configs.pop(account, None)
             self.last_seen.pop(account, None)
@@ -670,8 +623,7 @@ class Pipeline:
         idle = [a for a in sorted(self.loaded) if self.last_seen.get(a, 0.0) <= cutoff]
         work = Work()
         if idle:
-            with only_accounts(self.engine, idle):
-                self.engine.close_idle(now_ms)
+            self.engine.close_idle(now_ms, accounts=idle)
         batch = self.engine.drain()
         self._to_sink(batch, [], work)
         return work
