@@ -1,6 +1,8 @@
 """The streaming worker end to end: a real broker (Tansu, ``DevBroker``), real embedded
 ClickHouse (chDB) in temporary directories, and the worker as a subprocess
-(``python -m metering.stream``), exactly as it runs in production.
+(``python -m metering.stream``), exactly as it runs in production. Where Docker exists,
+Apache Kafka and a ClickHouse server in containers instead (``tests/backends.py``;
+``METERING_TEST_BACKEND=local|docker|auto``).
 
 What "done" means here is never a sleep: a run is complete when the consumer group's
 committed offsets (read from the broker) reach the end of every input partition. The
@@ -13,6 +15,11 @@ exited (the worker holds its directory while it runs); while it runs, they are r
 through its HTTP API. Two workers in one group each get their own directory (test 4).
 
 The baseline is ``metering replay`` of the same log into another chDB directory.
+
+Test 6 puts ClickHouse's HTTP interface in front of chDB (``tests/chfront.py``, a process
+of its own) so the worker writes through ``--clickhouse-url`` as in production, and kills
+it with SIGKILL mid-stream: the worker backs off, keeps its offsets, and catches up when
+it comes back, with the replay's statements and rows.
 """
 
 from __future__ import annotations
@@ -35,10 +42,20 @@ from typing import Any
 
 import pytest
 
+from backends import (
+    Backend,
+    BackendUnavailable,
+    Kafka,
+    Selection,
+    Storage,
+    open_backend,
+    select_backend,
+)
+from chfront import FrontProcess, start_front
 from helpers import decode as decode_event
 from helpers import message
 from metering.engine.state import AccountState
-from metering.kafka.broker import DevBroker, free_port
+from metering.kafka.broker import free_port
 from metering.kafka.produce import make_producer, produce_lines
 from metering.kafka.topics import INPUT_TOPICS, ensure_topics
 from metering.simulate.accounts import make_accounts, write_accounts
@@ -91,9 +108,9 @@ import json, sys
 from metering.storage.client import connect
 from metering.storage.reader import list_statements, read_statement
 from metering.storage.schema import set_retention
-client = connect(db_dir=sys.argv[1])
+client = connect(**{sys.argv[1]: sys.argv[2]})
 set_retention(client, False)  # the log has fixed (old) dates, as `metering statement` does
-skip = set(sys.argv[2].split(","))
+skip = set(sys.argv[3].split(","))
 tables = [r[0] for r in client.query(
     "SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name"
 ).result_rows if r[0] not in skip]
@@ -110,17 +127,18 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def dump(db: Path) -> dict[str, Any]:
-    """Every statement and the row counts of ``db`` (in a subprocess: chDB is one
+def dump(storage: Storage) -> dict[str, Any]:
+    """Every statement and the row counts of ``storage`` (in a subprocess: chDB is one
     directory per process). The statements are what ``metering statement`` prints (the
     same ``read_statement``); test 1 also checks one through the CLI itself."""
+    ((kind, where),) = storage.connect_kwargs().items()
     out = subprocess.run(
-        [PY, "-c", DUMP, str(db), ",".join(NOT_COMPARED)],
+        [PY, "-c", DUMP, kind, where, ",".join(NOT_COMPARED)],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert out.returncode == 0, f"reading {db} failed:\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, f"reading {storage} failed:\n{out.stderr[-3000:]}"
     result: dict[str, Any] = json.loads(out.stdout)
     return result
 
@@ -148,7 +166,7 @@ class Worker:
     proc: subprocess.Popen[bytes]
     web_port: int
     log: Path
-    db: Path
+    storage: Storage
 
     @property
     def url(self) -> str:
@@ -208,24 +226,21 @@ class Worker:
 
 
 def start_worker(
-    bootstrap: str,
+    kafka: Kafka,
     tmp: Path,
     name: str,
     accounts: Path | None,
     *,
-    db: Path | None = None,
-    clickhouse_url: str | None = None,
+    storage: Storage,
     web_port: int | None = None,
     extra: tuple[str, ...] = (),
 ) -> Worker:
     web_port = web_port or free_port()
-    db = db if db is not None else tmp / f"{name}-db"
     log = tmp / f"{name}.log"
-    storage = ["--clickhouse-url", clickhouse_url] if clickhouse_url else ["--db", str(db)]
     cmd = [
         PY, "-m", "metering.stream",
-        "--bootstrap", bootstrap,
-        *storage,
+        "--bootstrap", kafka.bootstrap,
+        *storage.worker_args(),
         "--web-port", str(web_port),
         "--partitions", str(PARTITIONS),
         "--data-dir", str(tmp / f"{name}-data"),
@@ -233,12 +248,12 @@ def start_worker(
         *extra,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("METERING_", "KAFKA_"))}
-    env.update(METERING_PROFILE="embedded", METERING_STATE_STORE="memory://")
+    env.update(METERING_PROFILE=kafka.profile, METERING_STATE_STORE="memory://")
     with log.open("ab") as out:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
         )
-    return Worker(proc, web_port, log, db)
+    return Worker(proc, web_port, log, storage)
 
 
 @contextlib.contextmanager
@@ -289,14 +304,32 @@ async def _read_all(
     return out
 
 
-def end_offsets(bootstrap: str, n: int) -> dict[tuple[str, int], int]:
-    """Exact end offset of every input partition, by reading the ``n`` records back
-    (Tansu's ListOffsets answer is wrong for multi-record batches)."""
-    ends: dict[tuple[str, int], int] = {}
-    for r in run(_read_all(bootstrap, INPUT_TOPICS, n)):
+def end_offsets(kafka: Kafka, n: int) -> dict[tuple[str, int], int]:
+    """Exact end offset of every input partition once ``n`` records were produced: by
+    reading them back on Tansu (its ListOffsets answer is wrong for multi-record batches),
+    from ListOffsets on Apache Kafka."""
+    if kafka.exact_end_offsets:
+        ends = run(_list_end_offsets(kafka.bootstrap))
+        assert sum(ends.values()) == n, f"{sum(ends.values())} records on the inputs, not {n}"
+        return {tp: end for tp, end in ends.items() if end > 0}
+    ends = {}
+    for r in run(_read_all(kafka.bootstrap, INPUT_TOPICS, n)):
         key = (r.topic, r.partition)
         ends[key] = max(ends.get(key, 0), r.offset + 1)
     return ends
+
+
+async def _list_end_offsets(bootstrap: str) -> dict[tuple[str, int], int]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in INPUT_TOPICS for p in range(PARTITIONS)]
+        got = await consumer.end_offsets(tps)
+        return {(tp.topic, tp.partition): int(end) for tp, end in got.items()}
+    finally:
+        await consumer.stop()
 
 
 async def _committed(bootstrap: str) -> dict[tuple[str, int], int]:
@@ -381,6 +414,7 @@ class SimLog:
     lines: list[bytes]
     accounts: Path
     summary: SimulationSummary
+    replay_db: Path
     replay: dict[str, Any] = field(default_factory=dict)
 
 
@@ -406,16 +440,33 @@ def sim_log(tmp_path_factory: pytest.TempPathFactory) -> SimLog:
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    sim = SimLog(lines, accounts, summary)
-    sim.replay = dump(rdb)
+    sim = SimLog(lines, accounts, summary, rdb)
+    sim.replay = dump(Storage(db=rdb))
     assert len(sim.replay["statements"]) >= 6
     return sim
 
 
-@pytest.fixture
-def broker() -> Iterator[DevBroker]:
-    with DevBroker() as b:
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """Kafka and ClickHouse from the backend ``tests/backends.py`` selects (the dev broker
+    and chDB here; fails with the reason when METERING_TEST_BACKEND=docker and there is
+    no Docker)."""
+    try:
+        selection: Selection | str = select_backend()
+    except BackendUnavailable as exc:
+        selection = str(exc)
+    if isinstance(selection, str):
+        pytest.fail(f"no backend for the stream tests: {selection}", pytrace=False)
+    print(f"stream tests backend: {selection.kind} ({selection.reason})")
+    with open_backend(selection, tmp_path_factory.mktemp("backend")) as b:
         yield b
+
+
+@pytest.fixture
+def broker(backend: Backend) -> Iterator[Kafka]:
+    """A fresh broker for one test."""
+    with backend.kafka() as kafka:
+        yield kafka
 
 
 # ----------------------------------------------------------------------------- unit tests
@@ -579,17 +630,20 @@ def test_restore_skips_applied_records_by_offset_and_redoes_pending_output(
 
 @SLOW
 def test_1_worker_statements_equal_replay(
-    sim_log: SimLog, broker: DevBroker, tmp_path: Path
+    sim_log: SimLog, backend: Backend, broker: Kafka, tmp_path: Path
 ) -> None:
     """(1) The generated log through Kafka and one worker gives the same statements as
     ``metering replay``, and the same rows in every drain-independent table."""
     bootstrap = broker.bootstrap
     with workers() as ws:
-        w = start_worker(bootstrap, tmp_path, "w1", sim_log.accounts, extra=("--batch-size", "500"))
+        w = start_worker(
+            broker, tmp_path, "w1", sim_log.accounts, storage=backend.storage(tmp_path, "w1"),
+            extra=("--batch-size", "500"),
+        )  # fmt: skip
         ws.append(w)
         w.wait_healthy()
         produce(bootstrap, sim_log.lines)  # while the worker consumes
-        ends = end_offsets(bootstrap, len(sim_log.lines))
+        ends = end_offsets(broker, len(sim_log.lines))
         wait_committed(bootstrap, ends, ws)
 
         # every record accounted for: consumed, and the bad ones dead-lettered
@@ -620,13 +674,15 @@ def test_1_worker_statements_equal_replay(
         assert seen_accounts == set(home)
 
         assert w.terminate() == 0, w.tail()
-    got = dump(w.db)
+    got = dump(w.storage)
     compare_with_replay(got, sim_log.replay)
+    if w.storage.db is None:
+        return  # `metering statement` reads a chDB directory
     # and `metering statement` prints the same JSON
     key = next(iter(sim_log.replay["statements"]))
     account, cycle = key.split("/")
     out = subprocess.run(
-        [PY, "-m", "metering.cli", "statement", "--db", str(w.db), "--account", account,
+        [PY, "-m", "metering.cli", "statement", "--db", str(w.storage.db), "--account", account,
          "--cycle", cycle],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -636,7 +692,7 @@ def test_1_worker_statements_equal_replay(
 
 @SLOW
 def test_2_sigkill_three_times_still_equals_replay(
-    sim_log: SimLog, broker: DevBroker, tmp_path: Path
+    sim_log: SimLog, backend: Backend, broker: Kafka, tmp_path: Path
 ) -> None:
     """(2) SIGKILL the worker three times at random moments of the consumption and restart
     it (memory store: state comes back from the changelog on Tansu). Nothing is lost or
@@ -644,16 +700,16 @@ def test_2_sigkill_three_times_still_equals_replay(
     bootstrap = broker.bootstrap
     run(ensure_topics(bootstrap, worker_topic_specs(PARTITIONS)))
     produce(bootstrap, sim_log.lines)
-    ends = end_offsets(bootstrap, len(sim_log.lines))
+    ends = end_offsets(broker, len(sim_log.lines))
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    db = tmp_path / "db"
+    db = backend.storage(tmp_path, "db")
     restored: list[int] = []
     kills = 0
     with workers() as ws:
         for incarnation in range(4):
             w = start_worker(
-                bootstrap, tmp_path, f"w{incarnation}", sim_log.accounts, db=db,
+                broker, tmp_path, f"w{incarnation}", sim_log.accounts, storage=db,
                 extra=("--batch-size", "150"),
             )  # fmt: skip
             ws.append(w)
@@ -688,12 +744,14 @@ def test_2_sigkill_three_times_still_equals_replay(
 
 
 @pytest.fixture(scope="module")
-def solo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevBroker, Worker]]:
+def solo(
+    tmp_path_factory: pytest.TempPathFactory, backend: Backend
+) -> Iterator[tuple[Kafka, Worker]]:
     """One broker and one worker (no accounts file) for the malformed-input and HTTP
     tests."""
     tmp = tmp_path_factory.mktemp("stream-solo")
-    with DevBroker() as b, workers() as ws:
-        w = start_worker(b.bootstrap, tmp, "solo", None)
+    with backend.kafka() as b, workers() as ws:
+        w = start_worker(b, tmp, "solo", None, storage=backend.storage(tmp, "solo"))
         ws.append(w)
         w.wait_healthy()
         yield b, w
@@ -713,7 +771,7 @@ async def _send(bootstrap: str, records: list[tuple[str, bytes | None, bytes]]) 
 
 @SLOW
 def test_3_malformed_input_is_dead_lettered_and_the_worker_keeps_going(
-    solo: tuple[DevBroker, Worker],
+    solo: tuple[Kafka, Worker],
 ) -> None:
     """(3) Invalid JSON, an unknown type, a wrong topic and a schema error each land in
     metering.deadletter with the reason, the original bytes and their source
@@ -760,7 +818,7 @@ def test_3_malformed_input_is_dead_lettered_and_the_worker_keeps_going(
 
 
 @SLOW
-def test_5_http_api(solo: tuple[DevBroker, Worker], tmp_path: Path) -> None:
+def test_5_http_api(solo: tuple[Kafka, Worker], backend: Backend, tmp_path: Path) -> None:
     """(5) /health, /ready, /metrics, /statements, /concurrency, /fairuse."""
     _, w = solo
     status, _, body = w.get("/health")
@@ -784,9 +842,9 @@ def test_5_http_api(solo: tuple[DevBroker, Worker], tmp_path: Path) -> None:
     assert status == 404
 
     # a worker whose ClickHouse is unreachable: healthy (consuming) but not ready
-    with DevBroker() as b2, workers() as ws:
-        dead = f"http://127.0.0.1:{free_port()}"
-        w2 = start_worker(b2.bootstrap, tmp_path, "no-ch", None, clickhouse_url=dead)
+    with backend.kafka() as b2, workers() as ws:
+        dead = Storage(url=f"http://127.0.0.1:{free_port()}")
+        w2 = start_worker(b2, tmp_path, "no-ch", None, storage=dead)
         ws.append(w2)
         w2.wait_healthy()
         status, _, body = w2.get("/ready")
@@ -808,7 +866,7 @@ def test_5_http_api(solo: tuple[DevBroker, Worker], tmp_path: Path) -> None:
 
 @SLOW
 def test_4_two_workers_split_the_partitions(
-    sim_log: SimLog, broker: DevBroker, tmp_path: Path
+    sim_log: SimLog, backend: Backend, broker: Kafka, tmp_path: Path
 ) -> None:
     """(4) Two workers in one group each take half of the partitions and together give
     the replay's statements.
@@ -819,12 +877,17 @@ def test_4_two_workers_split_the_partitions(
     then read from the directory of the worker that owns the account."""
     bootstrap = broker.bootstrap
     with workers() as ws:
-        a = start_worker(bootstrap, tmp_path, "a", sim_log.accounts, extra=("--batch-size", "500"))
-        ws.append(a)
-        a.wait_healthy()
-        b = start_worker(bootstrap, tmp_path, "b", sim_log.accounts, extra=("--batch-size", "500"))
-        ws.append(b)
-        b.wait_healthy()
+
+        def start(name: str) -> Worker:
+            storage = backend.storage(tmp_path, name)
+            w = start_worker(broker, tmp_path, name, sim_log.accounts, storage=storage,
+                             extra=("--batch-size", "500"))  # fmt: skip
+            ws.append(w)
+            w.wait_healthy()
+            return w
+
+        a = start("a")
+        b = start("b")
         deadline = time.monotonic() + 60
         parts: list[list[int]] = []
         while time.monotonic() < deadline:
@@ -836,7 +899,7 @@ def test_4_two_workers_split_the_partitions(
         else:
             pytest.fail(f"no stable split: {parts}\n{a.tail()}\n{b.tail()}")
         produce(bootstrap, sim_log.lines)
-        ends = end_offsets(bootstrap, len(sim_log.lines))
+        ends = end_offsets(broker, len(sim_log.lines))
         wait_committed(bootstrap, ends, ws)
         # the split did not move while consuming
         assert [w.json("/health")["partitions"] for w in (a, b)] == parts
@@ -849,7 +912,7 @@ def test_4_two_workers_split_the_partitions(
             other = b if owner is a else a
             assert other.json(f"/fairuse/{acct}") == owner.json(f"/fairuse/{acct}")
         assert a.terminate() == 0 and b.terminate() == 0
-    got_a, got_b = dump(a.db), dump(b.db)
+    got_a, got_b = dump(a.storage), dump(b.storage)
     merged: dict[str, Any] = {}
     for key in sim_log.replay["statements"]:
         owner = owner_of[key.split("/")[0]]
@@ -860,3 +923,145 @@ def test_4_two_workers_split_the_partitions(
     # each worker stored exactly its own accounts' rows
     for table, n in sim_log.replay["counts"].items():
         assert got_a["counts"][table] + got_b["counts"][table] == n, table
+
+
+EVENT_KEYS = """
+import json, sys
+from metering.storage.client import connect
+client = connect(db_dir=sys.argv[1])
+rows = client.query("SELECT DISTINCT source, id FROM events_raw").result_rows
+print(json.dumps([[s, i] for s, i in rows]))
+"""
+
+
+def event_keys(db: Path) -> set[tuple[str, str]]:
+    """(source, id) of every event stored in the chDB directory ``db`` (a subprocess)."""
+    out = subprocess.run([PY, "-c", EVENT_KEYS, str(db)], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, f"reading {db} failed:\n{out.stderr[-3000:]}"
+    return {(s, i) for s, i in json.loads(out.stdout)}
+
+
+def wait_until(what: str, cond: Any, w: Worker, timeout_s: float = 60) -> None:
+    """Poll ``cond()`` until true (the worker must stay alive meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if w.proc.poll() is not None:
+            pytest.fail(f"worker exited ({w.proc.returncode}) waiting for {what}:\n{w.tail()}")
+        if cond():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"{what}: not within {timeout_s:.0f} s\n{w.tail()}")
+
+
+def retention_off(url: str) -> None:
+    """Retention TTLs off on the server at ``url`` (``set_retention(False)``, as the chDB
+    readers here do): the log has fixed dates, some older than a TTL."""
+    from metering.storage.client import connect
+    from metering.storage.schema import set_retention
+
+    client = connect(url=url)
+    try:
+        set_retention(client, False)
+    finally:
+        client.close()
+
+
+@SLOW
+def test_6_clickhouse_outage_backs_off_and_catches_up(
+    sim_log: SimLog, broker: Kafka, tmp_path: Path
+) -> None:
+    """(6) The worker writes to a ClickHouse server (the HTTP interface of
+    ``tests/chfront.py`` over chDB, ``--clickhouse-url``), which is SIGKILLed while the
+    worker consumes. The worker reports it (``/ready`` 503, ``metering_sink_up`` 0,
+    ``metering_sink_retries_total`` growing), backs off and retries; it commits nothing
+    more meanwhile (no record counted, every committed offset flushed) while the rest of
+    the log arrives. ClickHouse comes back on the same data: the worker catches up, and
+    the statements and rows equal the replay's (nothing lost, nothing doubled)."""
+    bootstrap = broker.bootstrap
+    lines = sim_log.lines
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    db, port = tmp_path / "front-db", free_port()
+    fronts: list[FrontProcess] = [start_front(db, port, tmp_path / "front.log")]
+    url = fronts[0].url
+    try:
+        with workers() as ws:
+            w = start_worker(broker, tmp_path, "w", sim_log.accounts, storage=Storage(url=url),
+                             extra=("--batch-size", "150"))  # fmt: skip
+            ws.append(w)
+            w.wait_healthy()
+            wait_until("ready", lambda: w.get("/ready")[0] == 200, w)
+            retention_off(url)  # the worker has created the tables
+
+            def consumed() -> float:
+                return metric_sum(w.metrics(), "metering_records_consumed_total")
+
+            def retries() -> float:
+                return metric_sum(w.metrics(), "metering_sink_retries_total")
+
+            cut = len(lines) // 2
+            produce(bootstrap, lines[:cut])
+            # kill ClickHouse while the worker is busy (some batches committed)
+            target = rng.randrange(150, 600)
+            wait_until("first commits", lambda: consumed() >= target, w)
+            time.sleep(rng.uniform(0, 0.3))
+            fronts[0].kill()
+
+            # the outage is reported, and retried
+            wait_until("/ready 503", lambda: w.get("/ready")[0] == 503, w)
+            status, _, body = w.get("/ready")
+            assert status == 503 and "ClickHouse" in json.loads(body)["reason"]
+            assert "metering_sink_up 0.0" in w.metrics()
+            wait_until("a retried flush", lambda: retries() >= 1, w)
+            frozen = consumed()
+            assert 0 < frozen <= cut
+            # the rest of the log arrives while ClickHouse is down
+            produce(bootstrap, lines[cut:])
+            ends = end_offsets(broker, len(lines))
+            seen = retries()
+            wait_until("more retries", lambda: retries() >= seen + 2, w)
+            assert consumed() == frozen, "records were committed while ClickHouse was down"
+            assert w.get("/ready")[0] == 503
+            committed = run(_committed(bootstrap))
+            assert sum(committed.values()) <= frozen
+            assert any(committed.get(tp, 0) < end for tp, end in ends.items())
+            # every record below a committed offset is in ClickHouse (read while the
+            # server is down: the directory is free)
+            below = {
+                (ev["source"], ev["id"])
+                for r in run(_read_all(bootstrap, INPUT_TOPICS, len(lines)))
+                if r.offset < committed.get((r.topic, r.partition), 0)
+                for ev in [_json_or_none(r.value)]
+                if isinstance(ev, dict) and "source" in ev and "id" in ev
+            }
+            expected = below & event_keys(sim_log.replay_db)
+            assert expected, "nothing was committed before the outage"
+            missing = expected - event_keys(db)
+            assert not missing, f"{len(missing)} committed events not in ClickHouse (seed {seed})"
+
+            # ClickHouse comes back (same data directory, same port): the worker catches up
+            fronts.append(start_front(db, port, tmp_path / "front.log"))
+            retention_off(url)
+            wait_committed(bootstrap, ends, ws)
+            assert w.get("/ready")[0] == 200
+            text = w.metrics()
+            assert "metering_sink_up 1.0" in text
+            assert metric_sum(text, "metering_records_consumed_total") == len(lines)
+            assert w.terminate() == 0, w.tail()
+        assert fronts[-1].terminate() == 0, fronts[-1].tail()
+    finally:
+        for front in fronts:
+            front.kill()
+    got = dump(Storage(db=db))
+    try:
+        compare_with_replay(got, sim_log.replay)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc} (random seed {seed})") from exc
+
+
+def _json_or_none(value: bytes) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None
