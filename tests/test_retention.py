@@ -143,6 +143,8 @@ def test_head_schema_has_the_retention_of_the_spec(client: Client) -> None:
         "cycle_voice": "(toDate(concat(CAST(cycle, 'String'), '-01')) + toIntervalMonth(1)) "
         "+ toIntervalYear(3)",
         "usage_dirty": "created + toIntervalDay(1)",
+        # what the tiers are summed from: a day longer than the daily tier
+        "usage_items": "minute + toIntervalDay(91)",
         "accounts": "",
         "dead_letters": "",
         MIGRATIONS_TABLE: "",
@@ -183,6 +185,7 @@ def _cases() -> list[tuple[str, str, str, str]]:
             "{label}, today() - 89",
             "{label}, today() - 90",
         ),
+        timed("usage_items", "account, minute", "{{label}}, {t}", "91 DAY"),
         timed("calls", "account, started_at", "{{label}}, {t}", "60 DAY"),
         timed("events_raw", "account, type, time", "{{label}}, 'call.completed', {t}", "60 DAY"),
         timed("events_raw", "account, type, time", "{{label}}, 'message.sent', {t}", "3 YEAR"),

@@ -30,19 +30,20 @@ Storage conventions (see also :mod:`metering.storage.sink`):
 Retention (SPEC section 7, migration 2) is a ClickHouse ``TTL`` per table, on the time the
 row describes (``toDateTime(...)`` of it, so older servers accept the expression too):
 
-==============================================  ===========================================
-table                                           rows deleted once
-==============================================  ===========================================
-``usage_minute``, ``concurrency_minute``        bucket / minute is 3 days old
-``usage_hour``                                  bucket is 14 days old
-``usage_day``                                   local day is 90 days old
-``calls``                                       ``started_at`` is 60 days old
-``events_raw``                                  ``call.*`` events: 60 days; others: 3 years
-``messages``, ``interactions``, ``executions``  ``time`` / ``origin`` is 3 years old
-``output_events``                               ``time`` is 3 years old
-``cycle_peaks``, ``fairuse_counters``           3 years after the cycle's last day
-``accounts``, ``dead_letters``                  never (configuration; evidence of bad input)
-==============================================  ===========================================
+================================================  =========================================
+table                                             rows deleted once
+================================================  =========================================
+``usage_minute``, ``concurrency_minute``          bucket / minute is 3 days old
+``usage_hour``                                    bucket is 14 days old
+``usage_day``                                     local day is 90 days old
+``usage_items`` (what the tiers are summed from)  minute is 91 days old
+``calls``                                         ``started_at`` is 60 days old
+``events_raw``                                    ``call.*`` events: 60 days; others: 3 years
+``messages``, ``interactions``, ``executions``    ``time`` / ``origin`` is 3 years old
+``output_events``                                 ``time`` is 3 years old
+``cycle_peaks``, ``fairuse_counters``             3 years after the cycle's last day
+``accounts``, ``dead_letters``                    never (configuration; evidence of bad input)
+================================================  =========================================
 
 Statements have no table of their own: the reader derives them from the fact tables. Their
 interactions, messages, peaks and fair-use parts live 3 years; their voice part comes from
@@ -71,6 +72,7 @@ import logging
 from dataclasses import dataclass
 
 from metering.storage.client import Client
+from metering.storage.usage import ITEMS_DDL, items_backfill_sql
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,8 @@ RETENTION: dict[str, str] = {
     "cycle_peaks": _ttl(_CYCLE_END, "3 YEAR"),
     "fairuse_counters": _ttl(_CYCLE_END, "3 YEAR"),
     "cycle_voice": _ttl(_CYCLE_END, "3 YEAR"),
+    # What the usage tiers are summed from: as long as the daily tier, plus a day.
+    "usage_items": _ttl("minute", "91 DAY"),
 }
 """The retention TTL of each table (SPEC section 7), as set by the migrations."""
 
@@ -285,7 +289,7 @@ MIGRATIONS: list[Migration] = [
         [
             f"ALTER TABLE {table} MODIFY TTL {RETENTION[table]}"
             for table in RETENTION
-            if table != "cycle_voice"  # created with its TTL by migration 4
+            if table not in ("cycle_voice", "usage_items")  # created with their TTL later
         ],
     ),
     Migration(
@@ -314,6 +318,17 @@ MIGRATIONS: list[Migration] = [
             ) ENGINE = ReplacingMergeTree(version) ORDER BY (account, cycle)
             TTL {RETENTION["cycle_voice"]}""",
             "ALTER TABLE fairuse_counters ADD COLUMN IF NOT EXISTS deleted UInt8 DEFAULT 0",
+        ],
+    ),
+    Migration(
+        5,
+        "usage items: tiers summed per bucket from a time-ordered table, not from the facts",
+        [
+            f"{ITEMS_DDL} TTL {RETENTION['usage_items']}",
+            "ALTER TABLE usage_dirty ADD COLUMN IF NOT EXISTS source String DEFAULT '' "
+            "AFTER account",
+            # the items of the facts stored so far (a no-op on a fresh database)
+            *items_backfill_sql(),
         ],
     ),
 ]

@@ -16,18 +16,20 @@ always wins in the ``ReplacingMergeTree`` tables.
 Commit order of :meth:`ClickHouseSink.flush`:
 
 1. bookkeeping for the usage aggregates (only when calls, messages, interactions or
-   executions are buffered): the (account, minute, local day) buckets of the buffered
-   facts and the keys of buffered calls and interactions go to ``usage_dirty`` under a
-   fresh flush id; then every *stored* version of those calls/interactions adds its
-   bucket too (their start / origin may have moved: the old bucket must be recomputed);
+   executions are buffered): every buffered usage fact (its key and its (account,
+   minute, local day) bucket) goes to ``usage_dirty`` under a fresh flush id; then every
+   *stored* version of the buffered calls/interactions adds its bucket too (their start
+   / origin may have moved: the old bucket must be recomputed);
 2. the fact tables, one insert each, in this order: ``accounts``, ``events_raw``,
    ``calls``, ``messages``, ``interactions``, ``executions``, ``cycle_peaks``,
    ``concurrency_minute``, ``fairuse_counters``, ``output_events``, ``dead_letters``;
-3. the usage aggregates ``usage_minute``, ``usage_hour``, ``usage_day``: for the dirty
-   buckets, ``INSERT ... SELECT`` from the fact tables (``FINAL``, non-deleted) as
-   version v2, then tombstones (``deleted = 1``) as version v1 < v2 for every stored
-   row of those buckets, so groups that disappeared end up deleted while regrouped ones
-   keep their fresh v2 row; then the flush's ``usage_dirty`` partition is dropped;
+3. the usage aggregates (:mod:`metering.storage.usage`): the ``usage_items`` rows of
+   the buffered facts, selected from the fact tables by key (tombstones at the old
+   minutes of moved ones), then for the dirty buckets of ``usage_minute``,
+   ``usage_hour`` and ``usage_day`` fresh sums of their items as version v2 and
+   tombstones (``deleted = 1``) as version v1 < v2 for every stored row of those
+   buckets, so groups that disappeared end up deleted while regrouped ones keep their
+   fresh v2 row; then the flush's ``usage_dirty`` partition is dropped;
 4. the buffers are cleared and ``flush`` returns.
 
 The caller commits its Kafka offsets / state only after ``flush`` returns. A crash at any
@@ -35,8 +37,8 @@ point leaves rows that a re-run (re-consuming from the last committed offsets) r
 identically with higher versions, and the re-run recomputes the same buckets. One
 residual case: if the process dies between steps 2 and 3 and a background merge then
 collapses a call whose start moved (or an interaction whose origin moved) before the
-re-run, the *old* bucket is not found again; :func:`rebuild_usage` recomputes
-everything.
+re-run, the *old* bucket is not found again (nor its item tombstoned);
+:func:`rebuild_usage` recomputes everything.
 
 Failures: ``flush`` raises :class:`SinkUnavailable` when the storage is unreachable or
 overloaded (connection errors, timeouts, too many parts ...); other errors propagate as
@@ -85,6 +87,7 @@ from metering.engine.facts import (
     RawEventFact,
 )
 from metering.events.decode import Rejection
+from metering.storage import usage as usage_sql
 from metering.storage.client import Client, StorageUnavailable, is_transient
 
 log = logging.getLogger(__name__)
@@ -400,183 +403,24 @@ FLUSH_ORDER: tuple[type, ...] = (
 assert set(FLUSH_ORDER) == set(TABLES)
 
 _USAGE_TYPES: tuple[type, ...] = (CallFact, MessageFact, InteractionFact, ExecutionFact)
+_USAGE_KEYS: tuple[tuple[type, str, str], ...] = (
+    (CallFact, "call", "call_id"),
+    (MessageFact, "message", "id"),
+    (InteractionFact, "interaction", "interaction_id"),
+    (ExecutionFact, "execution", "execution_id"),
+)
+"""Each usage fact type, its ``usage_dirty`` kind and key attribute (see storage/usage.py)."""
 
 
 # --------------------------------------------------------------------------------------
-# Usage aggregates (SQL, shared by the sink and rebuild_usage).
-
-USAGE_TABLES: dict[str, str] = {"minute": "usage_minute", "hour": "usage_hour", "day": "usage_day"}
-USAGE_DIMS = (
-    "account",
-    "bucket",
-    "kind",
-    "channel",
-    "direction",
-    "route_class",
-    "region",
-    "trunk_group",
-    "user",
-)
-USAGE_MEASURES = (
-    "calls",
-    "answered",
-    "blocked",
-    "timed_out",
-    "over_capacity",
-    "billable_minutes",
-    "billable_seconds",
-    "messages",
-    "segments",
-    "interactions",
-    "executions",
-    "nlp_executions",
-)
-_ANSWERED = "answered_at IS NOT NULL AND NOT blocked"
-
-
-@dataclass(frozen=True, slots=True)
-class _Source:
-    table: str
-    time: str
-    kind: str
-    dims: tuple[str, str, str, str, str, str]  # channel, direction, route_class, region, tg, user
-    measures: dict[str, str]
-    where: str
-
-
-USAGE_SOURCES: tuple[_Source, ...] = (
-    _Source(
-        "calls",
-        "started_at",
-        "call",
-        (
-            "'voice'",
-            "direction",
-            "route_class",
-            "ifNull(region, '')",
-            "trunk_group",
-            "ifNull(`user`, '')",
-        ),
-        {
-            "calls": "count()",
-            "answered": f"countIf({_ANSWERED})",
-            "blocked": "countIf(blocked)",
-            "timed_out": "countIf(timed_out AND NOT blocked)",
-            "over_capacity": "countIf(over_capacity AND NOT blocked)",
-            "billable_minutes": f"sumIf(billable_minutes, {_ANSWERED})",
-            "billable_seconds": f"sumIf(billable_seconds, {_ANSWERED})",
-        },
-        "deleted = 0",
-    ),
-    _Source(
-        "messages",
-        "time",
-        "message",
-        ("channel", "direction", "''", "''", "''", "''"),
-        {"messages": "count()", "segments": "sum(segments)"},
-        "1 = 1",
-    ),
-    _Source(
-        "interactions",
-        "origin",
-        "interaction",
-        ("channel", "''", "''", "''", "''", "''"),
-        {"interactions": "count()"},
-        "deleted = 0",
-    ),
-    _Source(
-        "executions",
-        "time",
-        "execution",
-        ("channel", "''", "''", "''", "''", "''"),
-        {"executions": "count()", "nlp_executions": "countIf(nlp_uses > 0)"},
-        "1 = 1",
-    ),
-)
-
-
-def _bucket_expr(gran: str, time_col: str) -> str:
-    if gran == "minute":
-        return f"toStartOfMinute({time_col})"
-    if gran == "hour":
-        return f"toStartOfHour({time_col})"
-    return "local_day"
-
-
-def _dirty_filter(gran: str, time_col: str, flush: int) -> str:
-    """Rows of a fact table falling into the flush's dirty buckets."""
-    sub = f"FROM usage_dirty WHERE flush = {flush}"
-    if gran == "minute":
-        cond = f"(account, toStartOfMinute({time_col})) IN (SELECT account, minute {sub})"
-    elif gran == "hour":
-        cond = (
-            f"(account, toStartOfHour({time_col})) IN (SELECT account, toStartOfHour(minute) {sub})"
-        )
-    else:
-        cond = f"(account, local_day) IN (SELECT account, day {sub})"
-    return f"account IN (SELECT account {sub}) AND {cond}"
-
-
-def _dirty_usage_filter(gran: str, flush: int) -> str:
-    """Stored usage rows of the flush's dirty buckets."""
-    sub = f"FROM usage_dirty WHERE flush = {flush}"
-    if gran == "minute":
-        cond = f"(account, bucket) IN (SELECT account, toDateTime64(minute, 3, 'UTC') {sub})"
-    elif gran == "hour":
-        cond = f"(account, bucket) IN (SELECT account, toDateTime64(toStartOfHour(minute), 3, 'UTC') {sub})"
-    else:
-        cond = f"(account, bucket) IN (SELECT account, day {sub})"
-    return f"account IN (SELECT account {sub}) AND {cond}"
-
-
-def usage_insert_sql(gran: str, version: int, source_filter: Callable[[str, _Source], str]) -> str:
-    """``INSERT INTO usage_<gran> SELECT`` the fresh aggregation of the selected facts."""
-    selects = []
-    for s in USAGE_SOURCES:
-        bucket = _bucket_expr(gran, s.time)
-        measures = [s.measures.get(m, "0") for m in USAGE_MEASURES]
-        group = ", ".join(["account", bucket, *(d for d in s.dims if not d.startswith("'"))])
-        exprs = ["account", bucket, f"'{s.kind}'", *s.dims, *measures, "0", str(version)]
-        # Positional aliases: UNION ALL needs matching names, and aliases must not shadow
-        # columns used in WHERE (ClickHouse resolves aliases first).
-        select = ", ".join(f"{e} AS c{i}" for i, e in enumerate(exprs))
-        selects.append(
-            f"SELECT {select} "
-            f"FROM {s.table} FINAL WHERE {s.where} AND {source_filter(gran, s)} GROUP BY {group}"
-        )
-    cols = ", ".join(f"`{c}`" for c in (*USAGE_DIMS, *USAGE_MEASURES, "deleted", "version"))
-    return f"INSERT INTO {USAGE_TABLES[gran]} ({cols}) " + " UNION ALL ".join(selects)
-
-
-def usage_tombstone_sql(gran: str, version: int, usage_filter: str) -> str:
-    """Tombstones for every live stored usage row matching ``usage_filter``."""
-    dims = ", ".join(f"`{c}`" for c in USAGE_DIMS)
-    zeros = ", ".join("0" for _ in USAGE_MEASURES)
-    cols = ", ".join(f"`{c}`" for c in (*USAGE_DIMS, *USAGE_MEASURES, "deleted", "version"))
-    table = USAGE_TABLES[gran]
-    return (
-        f"INSERT INTO {table} ({cols}) SELECT {dims}, {zeros}, 1, {version} "
-        f"FROM {table} FINAL WHERE deleted = 0 AND {usage_filter}"
-    )
-
-
-def _recompute(
-    client: Client,
-    source_filter: Callable[[str, _Source], str],
-    usage_filter: Callable[[str], str],
-    clock: VersionClock,
-) -> None:
-    for gran in USAGE_TABLES:
-        v_tomb = clock.next()
-        v_fresh = clock.next()
-        client.command(usage_insert_sql(gran, v_fresh, source_filter))
-        client.command(usage_tombstone_sql(gran, v_tomb, usage_filter(gran)))
+# Usage aggregates (SQL in metering.storage.usage).
 
 
 def rebuild_usage(
     client: Client, accounts: Iterable[str] | None = None, clock: VersionClock = CLOCK
 ) -> None:
-    """Recompute every usage bucket (of ``accounts``, or of all accounts) from the facts.
+    """Recompute the usage items and every usage bucket (of ``accounts``, or of all
+    accounts) from the fact tables.
 
     For a bulk load written with ``ClickHouseSink(client, aggregate=False)``, or to repair
     aggregates after the residual crash case described in the module docstring.
@@ -588,7 +432,7 @@ def rebuild_usage(
         if not names:
             return
         cond = "account IN (" + ", ".join(_sql_str(a) for a in names) + ")"
-    _recompute(client, lambda _g, _s: cond, lambda _g: cond, clock)
+    usage_sql.rebuild(client, cond, clock)
 
 
 def _sql_str(s: str) -> str:
@@ -785,12 +629,7 @@ class ClickHouseSink:
             stats.timings[table.name] = time.perf_counter() - started
         if usage:
             started = time.perf_counter()
-            _recompute(
-                self.client,
-                lambda g, s: _dirty_filter(g, s.time, flush_id),
-                lambda g: _dirty_usage_filter(g, flush_id),
-                self._clock,
-            )
+            usage_sql.recompute_flush(self.client, flush_id, self._clock)
             self.client.command(f"ALTER TABLE usage_dirty DROP PARTITION {flush_id}")
             stats.timings["usage"] = time.perf_counter() - started
         return stats
@@ -827,63 +666,38 @@ class ClickHouseSink:
                 self._timezones[a] = found.get(a) or "UTC"
 
     def _mark_dirty(self, flush_id: int, days: dict[type, list[int]]) -> int:
-        """Step 1 of the commit order; returns the number of dirty (account, minute)."""
+        """Step 1 of the commit order: every buffered usage fact (its key and bucket) goes
+        to ``usage_dirty``, then the buckets of stored versions of the movable ones
+        (:mod:`metering.storage.usage`). Returns the number of dirty (account, minute)."""
         kinds: list[str] = []
         accounts: list[str] = []
+        sources: list[str] = []
         keys: list[str] = []
         minutes: list[int] = []
         day_col: list[int] = []
-        buckets: set[tuple[str, int, int]] = set()
-        keyed: tuple[tuple[type, str, str], ...] = (
-            (CallFact, "call", "call_id"),
-            (InteractionFact, "interaction", "interaction_id"),
-        )
-        for t, kind, key_attr in keyed:
+        buckets: set[tuple[str, int]] = set()
+        for t, kind, key_attr in _USAGE_KEYS:
             attr = TABLES[t].day_of
             assert attr is not None
+            with_source = t is MessageFact
             for r, d in zip(self._buffers[t].values(), days[t], strict=True):
                 m = getattr(r, attr) // 60_000 * 60
                 kinds.append(kind)
                 accounts.append(r.account)
+                sources.append(r.source if with_source else "")
                 keys.append(getattr(r, key_attr))
                 minutes.append(m)
                 day_col.append(d)
-                buckets.add((r.account, m, d))
-        unkeyed: tuple[type, ...] = (MessageFact, ExecutionFact)
-        for t in unkeyed:
-            attr = TABLES[t].day_of
-            assert attr is not None
-            fresh = {
-                (r.account, getattr(r, attr) // 60_000 * 60, d)
-                for r, d in zip(self._buffers[t].values(), days[t], strict=True)
-            } - buckets
-            buckets |= fresh
-            for a, m, d in fresh:
-                kinds.append("bucket")
-                accounts.append(a)
-                keys.append("")
-                minutes.append(m)
-                day_col.append(d)
+                buckets.add((r.account, m))
         self.client.insert(
             "usage_dirty",
-            [[flush_id] * len(kinds), kinds, accounts, keys, minutes, day_col],
-            column_names=["flush", "kind", "account", "key", "minute", "day"],
+            [[flush_id] * len(kinds), kinds, accounts, sources, keys, minutes, day_col],
+            column_names=["flush", "kind", "account", "source", "key", "minute", "day"],
             column_oriented=True,
             settings=INSERT_SETTINGS,
         )
-        sub = f"FROM usage_dirty WHERE flush = {flush_id} AND kind = '%s'"
-        for table, kind, key_col, time_col in (
-            ("calls", "call", "call_id", "started_at"),
-            ("interactions", "interaction", "interaction_id", "origin"),
-        ):
-            if not any(k == kind for k in kinds):
-                continue
-            s = sub % kind
-            # Every stored version (no FINAL): the bucket a key was in before this flush.
-            self.client.command(
-                "INSERT INTO usage_dirty (flush, kind, account, key, minute, day) "
-                f"SELECT {flush_id}, 'old', account, '', toStartOfMinute({time_col}), local_day "
-                f"FROM {table} WHERE account IN (SELECT account {s}) "
-                f"AND (account, {key_col}) IN (SELECT account, key {s})"
-            )
+        present = set(kinds)
+        for source, sql in zip(usage_sql.MOVABLE, usage_sql.moved_sql(flush_id), strict=True):
+            if source.kind in present:
+                self.client.command(sql)
         return len(buckets)
