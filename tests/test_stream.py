@@ -231,6 +231,7 @@ def start_worker(
     storage: Storage,
     web_port: int | None = None,
     extra: tuple[str, ...] = (),
+    store: str = "memory://",
 ) -> Worker:
     web_port = web_port or free_port()
     log = tmp / f"{name}.log"
@@ -245,7 +246,7 @@ def start_worker(
         *extra,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("METERING_", "KAFKA_"))}
-    env.update(METERING_PROFILE=kafka.profile, METERING_STATE_STORE="memory://")
+    env.update(METERING_PROFILE=kafka.profile, METERING_STATE_STORE=store)
     with log.open("ab") as out:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
@@ -738,6 +739,46 @@ def test_2_sigkill_three_times_still_equals_replay(
         compare_with_replay(got, sim_log.replay)
     except AssertionError as exc:
         raise AssertionError(f"{exc} (random seed {seed})") from exc
+
+
+@SLOW
+def test_7_rocksdb_store_survives_sigkill(
+    sim_log: SimLog, backend: Backend, broker: Kafka, tmp_path: Path
+) -> None:
+    """(7) The production state store (``rocksdb://``: Faust tables in RocksDB through
+    rocksdict, under ``--data-dir``): a worker SIGKILLed mid-consumption and restarted on
+    the same data directory restores its accounts and ends with the replay's statements
+    and rows."""
+    bootstrap = broker.bootstrap
+    run(ensure_topics(bootstrap, worker_topic_specs(PARTITIONS)))
+    produce(bootstrap, sim_log.lines)
+    ends = end_offsets(broker, len(sim_log.lines))
+    db = backend.storage(tmp_path, "db")
+    data_dir = tmp_path / "rocks-data"
+    with workers() as ws:
+        w = start_worker(
+            broker, tmp_path, "rocks", sim_log.accounts, storage=db, store="rocksdb://",
+            extra=("--batch-size", "300"),
+        )  # fmt: skip
+        ws.append(w)
+        w.wait_healthy()
+        deadline = time.monotonic() + 60
+        while metric_sum(w.metrics(), "metering_checkpoint_bytes_count") < 2:
+            assert time.monotonic() < deadline, f"no checkpoint within 60 s:\n{w.tail()}"
+            assert w.proc.poll() is None, f"worker exited:\n{w.tail()}"
+            time.sleep(0.05)
+        w.kill()
+        stored = [f for f in data_dir.rglob("*") if f.is_file()]
+        assert any(f.suffix == ".sst" or f.name.startswith("MANIFEST") for f in stored), stored
+        w = start_worker(
+            broker, tmp_path, "rocks", sim_log.accounts, storage=db, store="rocksdb://",
+            extra=("--batch-size", "300"),
+        )  # fmt: skip
+        ws.append(w)
+        assert int(w.wait_healthy()["accounts"]) > 0
+        wait_committed(bootstrap, ends, [w])
+        assert w.terminate() == 0, w.tail()
+    compare_with_replay(dump(db), sim_log.replay)
 
 
 @pytest.fixture(scope="module")
