@@ -9,15 +9,15 @@ alone. Everything except :func:`write` and :func:`main` is pure.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from metering import generated
 from metering.dashboards import fairuse, health, insights, voice
 from metering.dashboards.builder import Dashboard, Json
-from metering.generated import write_or_check
+from metering.generated import repo_dir
 
 DASHBOARD_DIR = Path("deploy") / "grafana" / "dashboards"
 
@@ -80,36 +80,21 @@ def write(directory: Path | str) -> list[str]:
 def default_dir(start: Path | None = None) -> Path:
     """``deploy/grafana/dashboards`` under the nearest ancestor of ``start`` (default: the
     working directory) holding ``pyproject.toml``; under ``start`` when there is none."""
-    start = (start or Path.cwd()).resolve()
-    for d in (start, *start.parents):
-        if (d / "pyproject.toml").is_file():
-            return d / DASHBOARD_DIR
-    return start / DASHBOARD_DIR
+    return repo_dir(DASHBOARD_DIR, start)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``[--check|--write] [DIR]``: write the files (default) or check them (exit 1 if stale)."""
-    parser = argparse.ArgumentParser(
+    return generated.main(
+        argv,
         prog="metering dashboards",
         description="Generate (or check) the Grafana dashboards provisioned from "
         "deploy/grafana/dashboards.",
-    )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--check", action="store_true", help="fail if the files are stale")
-    mode.add_argument("--write", action="store_true", help="write the files (default)")
-    parser.add_argument(
-        "dir", nargs="?", type=Path, help="default: deploy/grafana/dashboards at the repo root"
-    )
-    args = parser.parse_args(argv)
-    directory: Path = args.dir or default_dir()
-    return write_or_check(
-        directory,
-        check_only=args.check,
+        relative=str(DASHBOARD_DIR),
         check=check,
         write=write,
         total=len(documents()),
         noun="dashboards",
-        command="metering dashboards",
     )
 
 

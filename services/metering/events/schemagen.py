@@ -24,7 +24,6 @@ Usage: ``python -m metering.events.schemagen [--check|--write] [DIR]`` (``DIR`` 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -34,9 +33,10 @@ from typing import Any
 import msgspec
 import yaml
 
+from metering import generated
 from metering.events.models import INPUT_TYPES, MESSAGING_CHANNELS, TOPIC_TYPES
 from metering.events.outputs import OUTPUT_TOPIC_TYPES, OUTPUT_TYPES
-from metering.generated import write_or_check
+from metering.generated import repo_dir
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 BASE_URI = "https://metering.example/schemas/"
@@ -424,34 +424,21 @@ def write(directory: Path | str) -> list[str]:
 def default_dir(start: Path | None = None) -> Path:
     """``schemas/`` at the repository root: the nearest ancestor of ``start`` (default: the
     working directory) holding ``pyproject.toml``; ``start/schemas`` when there is none."""
-    start = (start or Path.cwd()).resolve()
-    for d in (start, *start.parents):
-        if (d / "pyproject.toml").is_file():
-            return d / "schemas"
-    return start / "schemas"
+    return repo_dir("schemas", start)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``[--check|--write] [DIR]``: write the files (default) or check them (exit 1 if stale)."""
-    parser = argparse.ArgumentParser(
+    return generated.main(
+        argv,
         prog="metering schemas",
         description="Generate (or check) the JSON Schemas and the AsyncAPI document of the "
         "metering events from the code's models.",
-    )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--check", action="store_true", help="fail if the files are stale")
-    mode.add_argument("--write", action="store_true", help="write the files (default)")
-    parser.add_argument("dir", nargs="?", type=Path, help="default: schemas/ at the repo root")
-    args = parser.parse_args(argv)
-    directory: Path = args.dir or default_dir()
-    return write_or_check(
-        directory,
-        check_only=args.check,
+        relative="schemas",
         check=check,
         write=write,
         total=len(documents()),
         noun="files",
-        command="metering schemas",
     )
 
 
