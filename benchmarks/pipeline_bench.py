@@ -345,17 +345,17 @@ def main() -> int:
         log_path = tmp / "events.jsonl"
         log_path.write_bytes(b"\n".join(lines) + b"\n")
         t = time.perf_counter()
-        out = subprocess.run(
+        replay_run = subprocess.run(
             [PY, "-m", "metering.cli", "replay", str(log_path), "--accounts", str(accounts),
              "--db", str(tmp / "replay-db"), "--quiet"],
             capture_output=True, text=True,
         )  # fmt: skip
         replay_s = time.perf_counter() - t
-        if out.returncode == 0:
+        if replay_run.returncode == 0:
             say(f"metering replay (offline)     {replay_s:8.1f} s   {n / replay_s:10,.0f} "
                 "events/s (process start to end, chDB start included)")  # fmt: skip
         else:
-            say(f"replay failed: {out.stderr[-500:]}")
+            say(f"replay failed: {replay_run.stderr[-500:]}")
     return 0
 
 

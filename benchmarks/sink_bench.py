@@ -156,9 +156,10 @@ def bench(
     for rep in range(repeat):
         for v in variants:
             c = fresh(root, f"b_{name}_{v.replace('+', '_')}_{rep}")
+            work: Callable[[], None]
             if v == "plain":
 
-                def work(c: Client = c) -> None:
+                def insert_plain(c: Client = c) -> None:
                     for s in range(0, n, batch):
                         c.insert(
                             name,
@@ -168,14 +169,17 @@ def bench(
                             settings=INSERT_SETTINGS,
                         )
 
+                work = insert_plain
             else:
                 sink = ClickHouseSink(c, aggregate=v == "sink+usage")
 
-                def work(sink: ClickHouseSink = sink) -> None:
+                def add_and_flush(sink: ClickHouseSink = sink) -> None:
                     for s in range(0, n, batch):
                         for f in facts[s : s + batch]:
                             sink.add(f)
                         sink.flush()
+
+                work = add_and_flush
 
             times.setdefault(v, []).append(run(work))
             check = c.command(f"SELECT count() FROM {name} FINAL")

@@ -71,7 +71,7 @@ def call_started(
 
 
 def _acct(extra: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for k in ("account", "source", "eid"):
         if k in data:
             out[k] = data.pop(k)

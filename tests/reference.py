@@ -266,12 +266,12 @@ def interaction_origins(evs: list[Any], tz: ZoneInfo) -> list[tuple[int, str]]:
             d = e.data
             items[(FAMILY[d.channel], d.business_address, d.remote_address)].append(t)
         elif isinstance(e, SmartflowTriggered):
-            d = e.data
-            if d.channel in FAMILY:  # a conversation item on a messaging channel
-                conv = (FAMILY[d.channel], d.business_address or "", d.remote_address or "")
+            sf = e.data
+            if sf.channel in FAMILY:  # a conversation item on a messaging channel
+                conv = (FAMILY[sf.channel], sf.business_address or "", sf.remote_address or "")
                 items[conv].append(t)
             else:  # voice / api: one Interaction each
-                origins.append((t, d.channel))
+                origins.append((t, sf.channel))
     for (family, _, _), times in items.items():
         deadline: int | None = None
         for t in times:  # already in time order
@@ -299,7 +299,7 @@ def account_statements(
     for e in triggers:
         executions.setdefault(e.data.execution_id, to_ms(e.time))
     with_nlp = {e.data.execution_id for e in evs if isinstance(e, NlpUsed)}
-    wanted = set(rules_for(cfg.policies))
+    wanted = set(rules_for(tuple(cfg.policies)))
 
     cycles = {cycle_of(c.start, tz) for c in calls}
     cycles |= {cycle_of(to_ms(e.time), tz) for e in messages + triggers}
@@ -352,7 +352,11 @@ def account_statements(
         out_c = [c for c in nb if c.direction == "outbound"]
         for user in sorted({c.user for c in nb if c.user is not None}):
             scope = f"user:{user}"
-            mpu = minutes(lambda c, u=user: c.user == u and c.route_class in MINUTE_ROUTES)
+
+            def user_minute(c: Call, u: str = user) -> bool:
+                return c.user == u and c.route_class in MINUTE_ROUTES
+
+            mpu = minutes(user_minute)
             fu[("minutes_per_user", scope)] = Counter(mpu)
             bundle, _ = peak_in([c for c in nonblocked if c.user == user], lo, hi)
             fu[("bundle_sharing", scope)] = Counter(bundle)

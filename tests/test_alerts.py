@@ -112,9 +112,9 @@ def _exposed() -> dict[str, set[str]]:
                 labels = set(getattr(value, "_labelnames", ()))
         for sample in _family_samples(family.type, family.name):
             out[sample] = labels | ({"le"} if sample.endswith("_bucket") else set())
-    for name, (kind, labels) in PROPOSED.items():
+    for name, (kind, proposed_labels) in PROPOSED.items():
         for sample in _family_samples(kind, name):
-            out.setdefault(sample, set(labels))
+            out.setdefault(sample, set(proposed_labels))
     return out
 
 
@@ -123,8 +123,8 @@ def _selectors(expr: str) -> list[tuple[str, set[str]]]:
     s = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
     matchers: list[tuple[int, set[str]]] = []
     for m in re.finditer(r"\{([^}]*)\}", s):
-        keys = set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)", m.group(1)))
-        matchers.append((m.start(), keys))
+        matched = set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)", m.group(1)))
+        matchers.append((m.start(), matched))
     s = re.sub(r"\{[^}]*\}", lambda m: " " * len(m.group(0)), s)
     unbraced = s
     s = re.sub(r"\[[^\]]*\]", lambda m: " " * len(m.group(0)), s)  # ranges, subqueries
@@ -262,8 +262,8 @@ def test_unit_tests_cover_every_alert_firing_and_not_firing() -> None:
     recorded = {r["record"] for r in _rules() if "record" in r}
     for group in tests["tests"]:
         for series in group.get("input_series", []):
-            name = re.match(r"[A-Za-z_:][A-Za-z0-9_:]*", series["series"])
-            assert name and name.group(0) in exposed, series["series"]
+            head = re.match(r"[A-Za-z_:][A-Za-z0-9_:]*", series["series"])
+            assert head and head.group(0) in exposed, series["series"]
         for case in group.get("alert_rule_test", []):
             (firing if case.get("exp_alerts") else quiet).add(case["alertname"])
         for case in group.get("promql_expr_test", []):

@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 import yaml
 
-from metering.dashboards import generate
+from metering.dashboards import generate, insights
 from metering.dashboards.builder import (
     Dashboard,
     Panel,
@@ -105,7 +105,7 @@ def test_main_write_then_check(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert generate.main(["--check", str(tmp_path)]) == 0
     (tmp_path / "old.json").write_text("{}")
     (tmp_path / "README.md").write_text("kept")
-    doc = tmp_path / f"{generate.insights.UID}.json"
+    doc = tmp_path / f"{insights.UID}.json"
     doc.write_text(doc.read_text().replace('"Metering / Insights"', '"Edited"'))
     assert sorted(generate.check(tmp_path)) == sorted(["old.json", doc.name])
     assert generate.main([str(tmp_path)]) == 0
@@ -466,6 +466,7 @@ def _worker_metrics() -> dict[str, set[str]]:
     for m in vars(wm).values():
         if isinstance(m, MetricWrapperBase):
             labels = set(m._labelnames)
+            assert m._type is not None, m
             for s in suffixes[m._type]:
                 names[m._name + s] = labels | ({"le"} if s == "_bucket" else set())
     for family in wm.registry.collect():  # collectors registered directly (e.g. process_*)

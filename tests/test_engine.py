@@ -22,6 +22,7 @@ from helpers import (
 )
 from metering.engine.accounts import parse_accounts
 from metering.engine.engine import Batch, Engine
+from metering.engine.facts import ExecutionFact
 from metering.engine.state import AccountState
 from metering.engine.statement import render
 
@@ -45,6 +46,7 @@ def statement(e: Engine, cycle: str = "2026-11", account: str = "acct-1") -> dic
 
 
 def rule(st: dict[str, Any], name: str, scope: str = "account") -> dict[str, Any]:
+    item: dict[str, Any]
     (item,) = [r for r in st["fair_use"] if r["rule"] == name and r["scope"] == scope]
     return item
 
@@ -528,7 +530,7 @@ def test_every_execution_is_published_even_when_it_expires_in_the_same_drain() -
             message("message.sent", at(25 * 60)),
         ],
     )
-    facts = [f for f in b.facts if type(f).__name__ == "ExecutionFact"]
+    facts = [f for f in b.facts if isinstance(f, ExecutionFact)]
     assert [(f.execution_id, f.nlp_uses) for f in facts] == [("x1", 1)]
 
 

@@ -257,6 +257,7 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
 
 def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     sts = one(docs, "StatefulSet")
+    c: dict[str, Any]
     (c,) = sts["spec"]["template"]["spec"]["containers"]
     return c
 

@@ -392,7 +392,8 @@ def _expected(lines: list[bytes]) -> dict[str, list[tuple[bytes | None, bytes]]]
 def _murmur_partition(key: bytes, n: int) -> int:
     from aiokafka.partitioner import murmur2
 
-    return (murmur2(key) & 0x7FFFFFFF) % n
+    h: int = murmur2(key)  # aiokafka is untyped
+    return (h & 0x7FFFFFFF) % n
 
 
 @pytest.fixture(scope="module")

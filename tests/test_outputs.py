@@ -64,7 +64,7 @@ def emitted() -> tuple[list[bytes], list[bytes]]:
 
 def test_every_output_event_validates(emitted: tuple[list[bytes], list[bytes]]) -> None:
     outputs, _ = emitted
-    kinds = Counter()
+    kinds: Counter[str] = Counter()
     for raw in outputs:
         obj = msgspec.json.decode(raw)
         validator(obj["type"]).validate(obj)
@@ -81,7 +81,7 @@ def test_every_output_event_validates(emitted: tuple[list[bytes], list[bytes]]) 
 
 def test_every_dead_letter_validates(emitted: tuple[list[bytes], list[bytes]]) -> None:
     _, dead = emitted
-    reasons = Counter()
+    reasons: Counter[str] = Counter()
     v = validator("deadletter")
     for raw in dead:
         obj = msgspec.json.decode(raw)

@@ -127,7 +127,9 @@ def arrival_order(events: list[bytes], rnd: random.Random, dup_rate: float) -> l
     return [b for _, _, b in sorted(keyed)]
 
 
-def run_engine(order: list[bytes], rnd: random.Random, restart: bool = False) -> dict:
+def run_engine(
+    order: list[bytes], rnd: random.Random, restart: bool = False
+) -> dict[tuple[str, str], dict[str, Any]]:
     accounts = parse_accounts({"accounts": ACCOUNTS})
     engine = Engine(accounts=accounts)
     crash_at = rnd.randrange(len(order) + 1) if restart else -1
@@ -142,7 +144,7 @@ def run_engine(order: list[bytes], rnd: random.Random, restart: bool = False) ->
         if rnd.random() < 0.2:
             engine.drain()
     engine.drain()
-    out = {}
+    out: dict[tuple[str, str], dict[str, Any]] = {}
     for account in engine.accounts():
         for cycle in engine.cycles_of(account):
             f = engine.statement_facts(account, cycle)
@@ -151,7 +153,7 @@ def run_engine(order: list[bytes], rnd: random.Random, restart: bool = False) ->
     return out
 
 
-def expected(events: list[bytes]) -> dict:
+def expected(events: list[bytes]) -> dict[tuple[str, str], dict[str, Any]]:
     accounts = {a: msgspec.convert(v, AccountData) for a, v in ACCOUNTS.items()}
     return reference_statements([decode(b) for b in events], accounts)
 

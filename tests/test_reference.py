@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from metering.events.decode import Decoder, Rejection
-from metering.events.models import AccountData, TrunkGroupConfig
+from metering.events.models import AccountData, Policy, TrunkGroupConfig
 from reference import reference_statements
 
 ACCT = "acct-1"
@@ -55,7 +55,9 @@ def ev(
     return e
 
 
-def call_data(cid: str, tg: str, direction: str, route_class: str, extra: dict[str, Any]):
+def call_data(
+    cid: str, tg: str, direction: str, route_class: str, extra: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "call_id": cid,
         "trunk_group": tg,
@@ -151,7 +153,9 @@ def nlp(time: str, execution_id: str) -> Any:
     return ev("nlp.used", time, {"execution_id": execution_id, "kind": "text"})
 
 
-def account(tz: str = "UTC", policies: list[str] | None = None, **tgs: dict[str, Any]):
+def account(
+    tz: str = "UTC", policies: list[Policy] | None = None, **tgs: dict[str, Any]
+) -> dict[str, AccountData]:
     return {
         ACCT: AccountData(
             timezone=tz,
@@ -161,20 +165,25 @@ def account(tz: str = "UTC", policies: list[str] | None = None, **tgs: dict[str,
     }
 
 
-def statements(events: list[Any], accounts: dict[str, AccountData] | None = None):
+def statements(
+    events: list[Any], accounts: dict[str, AccountData] | None = None
+) -> dict[tuple[str, str], dict[str, Any]]:
     return reference_statements(events, accounts or {})
 
 
-def stmt(events: list[Any], cycle: str, accounts: dict[str, AccountData] | None = None):
+def stmt(
+    events: list[Any], cycle: str, accounts: dict[str, AccountData] | None = None
+) -> dict[str, Any]:
     return statements(events, accounts)[(ACCT, cycle)]
 
 
 def rule(s: dict[str, Any], name: str, scope: str = "account") -> dict[str, Any]:
+    item: dict[str, Any]
     [item] = [f for f in s["fair_use"] if f["rule"] == name and f["scope"] == scope]
     return item
 
 
-def status_value(s: dict[str, Any], name: str, scope: str = "account"):
+def status_value(s: dict[str, Any], name: str, scope: str = "account") -> tuple[str, float, str]:
     item = rule(s, name, scope)
     return item["status"], item["value"], item["charge_usd"]
 

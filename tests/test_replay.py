@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,7 +76,7 @@ def counts(db: Path) -> dict[str, int]:
     return dict(json.loads(out))
 
 
-def statements(db: Path, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+def statements(db: Path, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
     return {
         (a, c): json.loads(run("statement", "--db", str(db), "--account", a, "--cycle", c))
         for a, c in keys

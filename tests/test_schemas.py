@@ -224,10 +224,12 @@ def test_valid_sample(path: Path) -> None:
         event = DECODER.decode(raw, TYPE_TOPIC[event_type])
         assert isinstance(event, INPUT_TYPES[event_type]), event
     else:
-        event = msgspec.json.decode(raw, type=outputs.OutputCloudEvent)
-        assert isinstance(event, OUTPUT_TYPES[event_type])
+        published: outputs.OutputCloudEvent = msgspec.json.decode(
+            raw, type=outputs.OutputCloudEvent
+        )
+        assert isinstance(published, OUTPUT_TYPES[event_type])
         # what the service would publish for it is valid too, and the same event
-        again = json.loads(outputs.encode(event))
+        again = json.loads(outputs.encode(published))
         assert schema_valid(event_type, again)
         assert again == doc
 

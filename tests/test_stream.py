@@ -955,8 +955,8 @@ def test_4_two_workers_split_the_partitions(
     for key in sim_log.replay["statements"]:
         owner = owner_of[key.split("/")[0]]
         merged[key] = (got_a if owner is a else got_b)["statements"][key]
-        other = got_b if owner is a else got_a
-        assert key not in other["statements"], f"{key} metered by both workers"
+        other_dump = got_b if owner is a else got_a
+        assert key not in other_dump["statements"], f"{key} metered by both workers"
     assert merged == sim_log.replay["statements"]
     # each worker stored exactly its own accounts' rows
     for table, n in sim_log.replay["counts"].items():
