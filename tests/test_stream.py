@@ -744,7 +744,7 @@ def test_2_sigkill_three_times_still_equals_replay(
 @SLOW
 @pytest.mark.skipif(
     os.environ.get("METERING_TEST_KNOWN_DEFECTS") != "1",
-    reason="known defect of the rocksdb:// store: about 1 run in 10 ends with a statement "
+    reason="known defect of the rocksdb:// store: 1 of about 15 runs ended with a statement "
     "differing from the replay (docs/runbook.md, Known defects); "
     "run with METERING_TEST_KNOWN_DEFECTS=1",
 )

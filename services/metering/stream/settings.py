@@ -31,8 +31,8 @@ Environment variables
     rebuilt from the changelog topic at every start, which a compacted changelog keeps to
     about one checkpoint per account) or ``rocksdb://`` (local RocksDB through rocksdict,
     only the changelog tail is replayed at start). ``rocksdb://`` is not recommended
-    yet: in our SIGKILL/restart test (``tests/test_stream.py`` test 7) one run in about
-    ten ended with a statement differing from the replay (see docs/runbook.md, "Known
+    yet: in our SIGKILL/restart test (``tests/test_stream.py`` test 7) 1 run of
+    about 15 ended with a statement differing from the replay (see docs/runbook.md, "Known
     defects").
 ``METERING_DATA_DIR``
     Faust's data directory (RocksDB files live here; flag ``--data-dir``; default
