@@ -46,6 +46,7 @@ from pathlib import Path
 import orjson
 
 from metering.kafka.broker import DevBroker, free_port
+from metering.kafka.offsets import committed_offsets
 from metering.kafka.produce import make_producer, produce_lines
 from metering.kafka.topics import INPUT_TOPICS, ensure_topics
 from metering.simulate.accounts import make_accounts, write_accounts
@@ -104,24 +105,6 @@ async def read_all(bootstrap: str, expected: int) -> tuple[float, dict[tuple[str
     finally:
         await consumer.stop()
     return time.perf_counter() - started, ends
-
-
-async def committed(bootstrap: str, partitions: int) -> dict[tuple[str, int], int]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP,
-                                enable_auto_commit=False)  # fmt: skip
-    await consumer.start()
-    try:
-        out = {}
-        for topic in INPUT_TOPICS:
-            for p in range(partitions):
-                off = await consumer.committed(TopicPartition(topic, p))
-                if off is not None:
-                    out[(topic, p)] = off
-        return out
-    finally:
-        await consumer.stop()
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
@@ -289,7 +272,9 @@ def main() -> int:
             wait_healthy(url, proc)
             healthy = time.perf_counter()
             while True:
-                done = asyncio.run(committed(bootstrap, args.partitions))
+                done = asyncio.run(
+                    committed_offsets(bootstrap, GROUP, INPUT_TOPICS, args.partitions)
+                )
                 if all(done.get(tp, -1) >= end for tp, end in ends.items()):
                     break
                 if proc.poll() is not None:

@@ -56,6 +56,7 @@ from helpers import decode as decode_event
 from helpers import message
 from metering.engine.state import AccountState
 from metering.kafka.broker import free_port
+from metering.kafka.offsets import committed_offsets
 from metering.kafka.produce import make_producer, produce_lines
 from metering.kafka.topics import INPUT_TOPICS, ensure_topics
 from metering.simulate.accounts import make_accounts, write_accounts
@@ -331,24 +332,8 @@ async def _list_end_offsets(bootstrap: str) -> dict[tuple[str, int], int]:
 
 
 async def _committed(bootstrap: str) -> dict[tuple[str, int], int]:
-    """The worker group's committed offsets of the input partitions (OffsetFetch through
-    a consumer that never joins the group; the admin client's variant trips on Tansu)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=GROUP, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        out = {}
-        for topic in INPUT_TOPICS:
-            for p in range(PARTITIONS):
-                offset = await consumer.committed(TopicPartition(topic, p))
-                if offset is not None:
-                    out[(topic, p)] = offset
-        return out
-    finally:
-        await consumer.stop()
+    """The worker group's committed offsets of the input partitions."""
+    return await committed_offsets(bootstrap, GROUP, INPUT_TOPICS, PARTITIONS)
 
 
 def wait_committed(

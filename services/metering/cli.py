@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from metering.engine.accounts import AccountConfig, AccountConfigError, load_accounts
 from metering.engine.engine import EngineConfig
+from metering.storage_options import NO_STORAGE, add_storage_options, open_storage
 
 
 class CliError(Exception):
@@ -57,25 +57,12 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_db_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--db", metavar="DIR", help="embedded ClickHouse (chDB) directory")
-    g.add_argument(
-        "--clickhouse-url",
-        metavar="URL",
-        default=os.environ.get("CLICKHOUSE_URL"),
-        help="ClickHouse server URL, e.g. http://user:pass@host:8123/metering "
-        "(default: $CLICKHOUSE_URL)",
-    )
-
-
 def _connect(args: argparse.Namespace) -> Any:
-    from metering.storage.client import connect
     from metering.storage.schema import migrate, set_retention
 
     if not args.db and not args.clickhouse_url:
-        raise CliError("give --db DIR (embedded ClickHouse) or --clickhouse-url URL")
-    client = connect(db_dir=args.db, url=None if args.db else args.clickhouse_url)
+        raise CliError(NO_STORAGE)
+    client = open_storage(args)
     migrate(client)
     if args.db:
         # The embedded engine holds replays of logs of any age; retention (TTL deletes)
@@ -185,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="events between engine drains and sink flushes (default 50000)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    _add_db_options(p)
+    add_storage_options(p)
     _add_engine_options(p)
     p.set_defaults(func=cmd_replay)
 
@@ -193,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account", required=True)
     p.add_argument("--cycle", required=True, metavar="YYYY-MM")
     p.add_argument("--pretty", action="store_true", help="indent the JSON")
-    _add_db_options(p)
+    add_storage_options(p)
     p.set_defaults(func=cmd_statement)
 
     from metering.stream.cli import (

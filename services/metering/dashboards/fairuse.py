@@ -71,6 +71,15 @@ VARIABLES = (
     ),
 )
 
+_PROJECTION = """WITH toDateTime(concat(${cycle:singlequote}, '-01 00:00:00'), 'UTC') AS cycle_start,
+                     cycle_start + INTERVAL 1 MONTH AS cycle_end,
+                     dateDiff('second', cycle_start, cycle_end) AS cycle_seconds,
+                     least(greatest(dateDiff('second', cycle_start, $__toTime), 3600),
+                           cycle_seconds) AS elapsed_seconds,
+                     cycle_seconds / elapsed_seconds AS factor"""
+"""The projection's time factor (cycle length / elapsed part of it, at least an hour) of
+the cycle variable, for the projected-overage panels."""
+
 _EVENTS = f"""
     SELECT time AS at, account, type,
            JSONExtractString(data, 'rule') AS rule_name,
@@ -178,12 +187,7 @@ PANELS = (
         (
             SqlTarget(
                 f"""
-                WITH toDateTime(concat(${{cycle:singlequote}}, '-01 00:00:00'), 'UTC') AS cycle_start,
-                     cycle_start + INTERVAL 1 MONTH AS cycle_end,
-                     dateDiff('second', cycle_start, cycle_end) AS cycle_seconds,
-                     least(greatest(dateDiff('second', cycle_start, $__toTime), 3600),
-                           cycle_seconds) AS elapsed_seconds,
-                     cycle_seconds / elapsed_seconds AS factor
+                {_PROJECTION}
                 SELECT account, rule, scope, status,
                        toFloat64(charge_usd) AS charge_to_date_usd,
                        round(multiIf(
@@ -226,12 +230,7 @@ PANELS = (
         (
             SqlTarget(
                 f"""
-                WITH toDateTime(concat(${{cycle:singlequote}}, '-01 00:00:00'), 'UTC') AS cycle_start,
-                     cycle_start + INTERVAL 1 MONTH AS cycle_end,
-                     dateDiff('second', cycle_start, cycle_end) AS cycle_seconds,
-                     least(greatest(dateDiff('second', cycle_start, $__toTime), 3600),
-                           cycle_seconds) AS elapsed_seconds,
-                     cycle_seconds / elapsed_seconds AS factor
+                {_PROJECTION}
                 SELECT account,
                        round(sum(multiIf(
                            rule = 'minutes_per_user',

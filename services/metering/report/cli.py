@@ -24,6 +24,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from metering.storage_options import NO_STORAGE, add_storage_options, open_storage
+
 __all__ = ["add_report_arguments", "build_parser", "main", "run_report"]
 
 _CYCLE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -38,15 +40,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--account", required=True, help="account id")
     parser.add_argument("--cycle", required=True, metavar="YYYY-MM", help="billing cycle")
     parser.add_argument("--out", required=True, metavar="FILE.html", help="page to write")
-    g = parser.add_mutually_exclusive_group()
-    g.add_argument("--db", metavar="DIR", help="embedded ClickHouse (chDB) directory")
-    g.add_argument(
-        "--clickhouse-url",
-        metavar="URL",
-        default=os.environ.get("CLICKHOUSE_URL"),
-        help="ClickHouse server URL, e.g. http://user:pass@host:8123/metering "
-        "(default: $CLICKHOUSE_URL)",
-    )
+    add_storage_options(parser)
     parser.add_argument(
         "--max-call-duration",
         type=float,
@@ -76,20 +70,20 @@ def _write(path: Path, text: str) -> None:
 def _report(args: argparse.Namespace) -> int:
     from metering.report.data import ReportNotFound, load_report
     from metering.report.render import render_html
-    from metering.storage.client import StorageError, connect
+    from metering.storage.client import StorageError
     from metering.storage.schema import migrate
 
     if not _CYCLE.match(args.cycle):
         raise ReportError(f"cycle must look like YYYY-MM, got {args.cycle!r}")
     if not args.db and not args.clickhouse_url:
-        raise ReportError("give --db DIR (embedded ClickHouse) or --clickhouse-url URL")
+        raise ReportError(NO_STORAGE)
     if args.max_call_duration <= 0:
         raise ReportError("--max-call-duration must be > 0")
     out = Path(args.out)
     if out.is_dir():
         raise ReportError(f"--out is a directory: {out}")
     try:
-        client = connect(db_dir=args.db, url=None if args.db else args.clickhouse_url)
+        client = open_storage(args)
     except StorageError as exc:
         raise ReportError(str(exc)) from exc
     try:

@@ -15,26 +15,18 @@ stderr).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from metering.storage.client import StorageError, connect
+from metering.storage.client import StorageError
 from metering.storage.schema import MIGRATIONS, applied_migrations, migrate
+from metering.storage_options import NO_STORAGE, add_storage_options, open_storage
 
 __all__ = ["add_migrate_arguments", "run_migrate"]
 
 
 def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``metering migrate``."""
-    g = parser.add_mutually_exclusive_group()
-    g.add_argument("--db", metavar="DIR", help="embedded ClickHouse (chDB) directory")
-    g.add_argument(
-        "--clickhouse-url",
-        metavar="URL",
-        default=os.environ.get("CLICKHOUSE_URL"),
-        help="ClickHouse server URL, e.g. http://user:pass@host:8123/metering "
-        "(default: $CLICKHOUSE_URL)",
-    )
+    add_storage_options(parser)
     parser.add_argument(
         "--status",
         action="store_true",
@@ -47,12 +39,12 @@ def run_migrate(args: argparse.Namespace) -> int:
     migration and a summary."""
     if not args.db and not args.clickhouse_url:
         print(
-            "metering: error: give --db DIR (embedded ClickHouse) or --clickhouse-url URL",
+            f"metering: error: {NO_STORAGE}",
             file=sys.stderr,
         )
         return 2
     try:
-        client = connect(db_dir=args.db, url=None if args.db else args.clickhouse_url)
+        client = open_storage(args)
     except StorageError as exc:
         print(f"metering: error: {exc}", file=sys.stderr)
         return 2

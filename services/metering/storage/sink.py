@@ -402,7 +402,6 @@ FLUSH_ORDER: tuple[type, ...] = (
 )
 assert set(FLUSH_ORDER) == set(TABLES)
 
-_USAGE_TYPES: tuple[type, ...] = (CallFact, MessageFact, InteractionFact, ExecutionFact)
 _USAGE_KEYS: tuple[tuple[type, str, str], ...] = (
     (CallFact, "call", "call_id"),
     (MessageFact, "message", "id"),
@@ -410,6 +409,7 @@ _USAGE_KEYS: tuple[tuple[type, str, str], ...] = (
     (ExecutionFact, "execution", "execution_id"),
 )
 """Each usage fact type, its ``usage_dirty`` kind and key attribute (see storage/usage.py)."""
+_USAGE_TYPES: tuple[type, ...] = tuple(t for t, _, _ in _USAGE_KEYS)
 
 
 # --------------------------------------------------------------------------------------
@@ -591,9 +591,10 @@ class ClickHouseSink:
 
     def _write(self) -> FlushStats:
         stats = FlushStats()
-        usage = self.aggregate and any(self._buffers[t] for t in _USAGE_TYPES)
+        has_usage_facts = any(self._buffers[t] for t in _USAGE_TYPES)
+        usage = self.aggregate and has_usage_facts
         days: dict[type, list[int]] = {}
-        if any(self._buffers[t] for t in _USAGE_TYPES):
+        if has_usage_facts:
             self._load_timezones()
             for t in _USAGE_TYPES:
                 attr = TABLES[t].day_of
@@ -697,7 +698,7 @@ class ClickHouseSink:
             settings=INSERT_SETTINGS,
         )
         present = set(kinds)
-        for source, sql in zip(usage_sql.MOVABLE, usage_sql.moved_sql(flush_id), strict=True):
+        for source in usage_sql.MOVABLE:
             if source.kind in present:
-                self.client.command(sql)
+                self.client.command(usage_sql.moved_sql(flush_id, source))
         return len(buckets)

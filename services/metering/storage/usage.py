@@ -220,30 +220,29 @@ def flush_items_sql(flush: int, v_tomb: int, v_fresh: int) -> list[str]:
         f"SELECT account, minute, day, substring(kind, 5), key, 1, {v_tomb} "
         f"{_dirty(flush)} AND kind IN ({old_kinds})"
     ]
-    for s in SOURCES:
-        sub = f"{_dirty(flush)} AND kind = '{s.kind}'"
-        cond = (
-            f"account IN (SELECT account {sub}) "
-            f"AND (account, {s.lookup}) IN (SELECT account, {s.dirty_key} {sub})"
-        )
-        out.append(items_insert_sql(s, v_fresh, cond))
+    out.extend(items_insert_sql(s, v_fresh, _buffered(s, flush)) for s in SOURCES)
     return out
 
 
-def moved_sql(flush: int) -> list[str]:
-    """The minutes where stored versions of the flush's movable facts sit (every version,
-    no ``FINAL``), as ``old-<kind>`` rows of ``usage_dirty``. Run before the facts are
-    written."""
-    out = []
-    for s in MOVABLE:
-        sub = f"{_dirty(flush)} AND kind = '{s.kind}'"
-        out.append(
-            "INSERT INTO usage_dirty (flush, kind, account, key, minute, day) "
-            f"SELECT {flush}, 'old-{s.kind}', account, {s.key}, toStartOfMinute({s.time}), "
-            f"local_day FROM {s.table} WHERE account IN (SELECT account {sub}) "
-            f"AND (account, {s.lookup}) IN (SELECT account, {s.dirty_key} {sub})"
-        )
-    return out
+def _buffered(source: Source, flush: int) -> str:
+    """Rows of ``source``'s fact table whose key the flush buffered (a key lookup)."""
+    sub = f"{_dirty(flush)} AND kind = '{source.kind}'"
+    return (
+        f"account IN (SELECT account {sub}) "
+        f"AND (account, {source.lookup}) IN (SELECT account, {source.dirty_key} {sub})"
+    )
+
+
+def moved_sql(flush: int, source: Source) -> str:
+    """The minutes where stored versions of the flush's facts of the movable ``source``
+    sit (every version, no ``FINAL``), as ``old-<kind>`` rows of ``usage_dirty``. Run
+    before the facts are written."""
+    return (
+        "INSERT INTO usage_dirty (flush, kind, account, key, minute, day) "
+        f"SELECT {flush}, 'old-{source.kind}', account, {source.key}, "
+        f"toStartOfMinute({source.time}), local_day "
+        f"FROM {source.table} WHERE {_buffered(source, flush)}"
+    )
 
 
 # ----------------------------------------------------------------------------- tiers
