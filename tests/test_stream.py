@@ -359,7 +359,16 @@ def wait_committed(
             return
         time.sleep(0.5)
     logs = "\n".join(f"--- {w.log.name}\n{w.tail(30)}" for w in alive)
-    pytest.fail(f"not all input consumed within {timeout_s:.0f} s; behind: {behind}\n{logs}")
+    reports = []
+    for w in alive:
+        try:
+            reports.append(f"--- {w.log.name} /partitions\n{json.dumps(w.json('/partitions'))}")
+        except (OSError, AssertionError) as exc:
+            reports.append(f"--- {w.log.name} /partitions: {exc}")
+    pytest.fail(
+        f"not all input consumed within {timeout_s:.0f} s; behind: {behind}\n{logs}\n"
+        + "\n".join(reports)
+    )
 
 
 def differences(got: Any, want: Any, path: str = "") -> list[str]:
@@ -869,6 +878,13 @@ def test_5_http_api(solo: tuple[Kafka, Worker], backend: Backend, tmp_path: Path
     assert status == 200 and "partitions" in json.loads(body)
     status, _, _ = w.get("/fairuse/nobody")
     assert status == 404
+    status, _, body = w.get("/partitions")
+    report = json.loads(body)
+    assert status == 200 and report["consuming"] is True
+    assert {(e["topic"], e["partition"]) for e in report["partitions"]} == {
+        (t, p) for t in INPUT_TOPICS for p in range(PARTITIONS)
+    }
+    assert all(e["faust_paused"] is False and e["paused"] is False for e in report["partitions"])
 
     # a worker whose ClickHouse is unreachable: healthy (consuming) but not ready
     with backend.kafka() as b2, workers() as ws:
@@ -887,6 +903,11 @@ def test_5_http_api(solo: tuple[Kafka, Worker], backend: Backend, tmp_path: Path
         time.sleep(1.0)
         assert w2.get("/ready")[0] == 503
         p = partition_for("acct-q", PARTITIONS)
+        # /partitions shows the record consumed and waiting, unacked, uncommitted
+        (entry,) = [e for e in w2.json("/partitions")["partitions"]
+                    if (e["topic"], e["partition"]) == ("cpaas.messaging", p)]  # fmt: skip
+        assert entry["received"] == 1 and entry["unacked"] == 1, entry
+        assert entry["acked_waiting"] == 0 and entry["committed"] in (None, 0), entry
         assert run(_committed(b2.bootstrap)).get(("cpaas.messaging", p), -1) <= 0
         assert w2.terminate() == 0, w2.tail()
         # nothing was acked, so nothing was committed: the record is consumed again

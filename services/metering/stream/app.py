@@ -135,6 +135,7 @@ from metering.kafka.topics import INPUT_TOPICS, TopicSpec, ensure_topics, topic_
 from metering.storage.client import StorageError, StorageUnavailable, connect
 from metering.storage.schema import migrate, set_retention
 from metering.storage.sink import ClickHouseSink, SinkUnavailable
+from metering.stream.diagnostics import StallWatch, partition_report
 from metering.stream.metrics import WorkerMetrics
 from metering.stream.pipeline import Outgoing, Pipeline, Record, Work
 from metering.stream.settings import WorkerSettings
@@ -347,10 +348,16 @@ class StreamRuntime:
         self.sink_error: str | None = None
         self.owned: set[int] = set()
         self.generation = 0
+        self.stall_watch = StallWatch()
         self.metrics.sink_up.set(1 if client is not None else 0)
         self.metrics.ready.set(0)
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def uncommitted_records(self) -> int:
+        """Records processed (steps 2-4) and not committed yet."""
+        return 0 if self._uncommitted is None else len(self._uncommitted.tokens)
+
     @property
     def lock(self) -> asyncio.Lock:
         if self._lock is None:
@@ -542,7 +549,7 @@ class StreamRuntime:
         await self.publish(work.outgoing)
         for (topic, partition), pos in work.positions.items():
             self.metrics.consumer_position.labels(topic, str(partition)).set(pos)
-            end = self._highwater(topic, partition)
+            end = self.highwater(topic, partition)
             if end is not None:
                 self.metrics.input_end_offset.labels(topic, str(partition)).set(end)
         self.pipeline.update_gauges(work.accounts)
@@ -557,11 +564,18 @@ class StreamRuntime:
             return
         for tp in assigned:
             if tp.topic in INPUT_TOPICS:
-                end = self._highwater(tp.topic, tp.partition)
+                end = self.highwater(tp.topic, tp.partition)
                 if end is not None:
                     self.metrics.input_end_offset.labels(tp.topic, str(tp.partition)).set(end)
 
-    def _highwater(self, topic: str, partition: int) -> int | None:
+    def check_stalls(self) -> None:
+        """Log input partitions that stopped committing (:class:`StallWatch`)."""
+        if self.consuming:
+            self.stall_watch.check(partition_report(self))
+
+    def highwater(self, topic: str, partition: int) -> int | None:
+        """The last fetched high watermark of an assigned input partition (None: not
+        known yet)."""
         try:
             hw = self.app.consumer.highwater(TP(topic, partition))
         except Exception:  # not assigned / not fetched yet
@@ -663,7 +677,7 @@ class StreamRuntime:
         """Steps 2-4 for whatever the aligner releases, added to the uncommitted work
         (lock held)."""
         await self.ensure_sink()
-        work = self.pipeline.step(self._highwater, self._committed)
+        work = self.pipeline.step(self.highwater, self._committed)
         if not work.tokens and not work.outgoing and not work.accounts:
             return
         if self._uncommitted is None:
@@ -681,7 +695,7 @@ class StreamRuntime:
         aligner = self.pipeline.aligner
         for p in self.owned:
             for topic in INPUT_TOPICS:
-                hw = self._highwater(topic, p)
+                hw = self.highwater(topic, p)
                 if hw is None:
                     continue
                 nxt = aligner.next_offset(topic, p)
@@ -883,6 +897,7 @@ def create_app(settings: WorkerSettings, *, client: Any = None) -> faust.App:
 
     async def end_offsets() -> None:
         rt.refresh_end_offsets()
+        rt.check_stalls()
 
     app.timer(interval=END_OFFSETS_EVERY_S, name="metering.stream.end_offsets")(end_offsets)
 

@@ -196,6 +196,15 @@ class Aligner:
         """The offset after the last record received from (topic, partition)."""
         return self._next.get((topic, partition))
 
+    def held_for(self, topic: str, partition: int) -> int:
+        """How many records of (topic, partition) are held."""
+        return len(self._queues.get(partition, {}).get(topic, ()))
+
+    def blocked_for(self, partition: int) -> float | None:
+        """Seconds ``partition`` has been blocked by a lagging topic (None: not blocked)."""
+        since = self._blocked_since.get(partition)
+        return None if since is None else self._monotonic() - since
+
     def note(self, topic: str, partition: int, offset: int) -> None:
         """A record of (topic, partition) at ``offset`` was received."""
         key = (topic, partition)

@@ -23,6 +23,11 @@
     in memory). Served by the worker that owns the account: another worker forwards the
     request there (Faust's router over the state table's partitions). 404 when no worker
     holds the account.
+``GET /partitions``
+    For operators: per assigned input partition, the committed offset, high watermark,
+    read and fetch positions, records held by the aligner, acked records waiting for a
+    commit, and pause flags (:func:`~metering.stream.diagnostics.partition_report`); the
+    first place to look when ``MeteringWorkerStalled`` fires.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 
 from metering.storage.reader import read_statement
+from metering.stream.diagnostics import partition_report
 from metering.stream.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -133,3 +139,8 @@ def register_views(app: faust.App, rt: StreamRuntime) -> None:
             return self.error(
                 404, f"account {account!r} is not held by any worker", account=account
             )
+
+    @app.page("/partitions")
+    class Partitions(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(partition_report(rt))

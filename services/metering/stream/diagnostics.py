@@ -1,0 +1,162 @@
+"""What a worker knows about each of its input partitions, for ``GET /partitions`` and
+for the stall watch.
+
+The report reads Faust's and aiokafka's bookkeeping (private attributes, read only and
+each guarded: a missing one shows as None), because a partition that stops committing is
+explained there: records fetched but not delivered, delivered but held by the aligner,
+processed but not acked, acked but not contiguous with the committed offset, or a paused
+partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from faust.types import TP
+
+from metering.kafka.topics import INPUT_TOPICS
+
+if TYPE_CHECKING:
+    from metering.stream.app import StreamRuntime
+
+__all__ = ["STALL_AFTER_S", "StallWatch", "partition_report"]
+
+log = logging.getLogger(__name__)
+
+STALL_AFTER_S = 60.0
+"""A partition whose committed offset has not moved for this long while the broker holds
+later records is reported as stalled (once per stall, in the log)."""
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for name in path:
+        if obj is None:
+            return None
+        obj = getattr(obj, name, None)
+    return obj
+
+
+def _aiokafka_state(consumer: Any, tp: TP) -> dict[str, Any]:
+    """aiokafka's own view of ``tp``: fetch position and pause flag (None if unknown)."""
+    try:
+        aiok = consumer._thread._ensure_consumer()
+        assignment = aiok._subscription.subscription.assignment
+        state = assignment.state_value(tp)
+    except Exception:
+        return {"position": None, "paused": None}
+    if state is None:
+        return {"position": None, "paused": None}
+    position = state.position if state.has_valid_position else None
+    return {"position": position, "paused": bool(state.paused)}
+
+
+def partition_report(rt: StreamRuntime) -> dict[str, Any]:
+    """Per owned input topic-partition: the group's committed offset (Faust's copy), the
+    broker's high watermark, Faust's read offset, aiokafka's fetch position and pause
+    flag, records held by the aligner, acked records waiting for a commit (count and
+    lowest offset), Faust's offset gaps, and unacked messages; plus the worker's step
+    state."""
+    app = rt.app
+    consumer = _get(app, "_consumer") or _get(app, "consumer")
+    committed = _get(consumer, "_committed_offset") or {}
+    read = _get(consumer, "_read_offset") or {}
+    acked = _get(consumer, "_acked") or {}
+    gaps = _get(consumer, "_gap") or {}
+    paused = _get(consumer, "_paused_partitions") or set()
+    unacked: dict[TP, int] = {}
+    for message in list(_get(consumer, "_unacked_messages") or ()):
+        tp = getattr(message, "tp", None)
+        if tp is not None:
+            unacked[tp] = unacked.get(tp, 0) + 1
+    try:
+        assignment = set(consumer.assignment()) if consumer is not None else set()
+    except Exception:
+        assignment = set()
+    aligner = rt.pipeline.aligner
+    partitions: list[dict[str, Any]] = []
+    for tp in sorted(tp for tp in assignment if tp.topic in INPUT_TOPICS):
+        acked_tp = list(acked.get(tp, ()))
+        entry: dict[str, Any] = {
+            "topic": tp.topic,
+            "partition": tp.partition,
+            "committed": committed.get(tp),
+            "highwater": rt.highwater(tp.topic, tp.partition),
+            "read": read.get(tp),
+            "received": aligner.next_offset(tp.topic, tp.partition),
+            "held": aligner.held_for(tp.topic, tp.partition),
+            "blocked_s": aligner.blocked_for(tp.partition),
+            "acked_waiting": len(acked_tp),
+            "acked_lowest": min(acked_tp) if acked_tp else None,
+            "gaps": len(gaps.get(tp, ())),
+            "unacked": unacked.get(tp, 0),
+            "faust_paused": tp in paused,
+        }
+        entry.update(_aiokafka_state(consumer, tp))
+        partitions.append(entry)
+    uncommitted = rt.uncommitted_records
+    return {
+        "generation": rt.generation,
+        "consumer_generation": _get(app, "consumer_generation_id"),
+        "consuming": rt.consuming,
+        "step_running": rt.lock.locked(),
+        "backlog": rt.pipeline.backlog,
+        "uncommitted": uncommitted,
+        "flow_active": _get(consumer, "flow_active"),
+        "partitions": partitions,
+    }
+
+
+class StallWatch:
+    """Logs a warning, with :func:`partition_report`'s entry, for each input partition
+    whose committed offset has not moved for ``after_s`` while its high watermark is
+    beyond it (once per stall; again after it moved)."""
+
+    def __init__(
+        self, after_s: float = STALL_AFTER_S, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.after_s = after_s
+        self._monotonic = monotonic
+        self._since: dict[tuple[str, int], tuple[int | None, float]] = {}
+        self._reported: set[tuple[str, int]] = set()
+
+    def check(self, report: dict[str, Any]) -> list[dict[str, Any]]:
+        """The partitions newly found stalled in ``report`` (each also logged)."""
+        now = self._monotonic()
+        stalled: list[dict[str, Any]] = []
+        seen: set[tuple[str, int]] = set()
+        for entry in report["partitions"]:
+            key = (entry["topic"], entry["partition"])
+            seen.add(key)
+            committed, hw = entry["committed"], entry["highwater"]
+            last = self._since.get(key)
+            if last is None or last[0] != committed:
+                self._since[key] = (committed, now)
+                self._reported.discard(key)
+                continue
+            behind = hw is not None and hw > (committed or 0)
+            if not behind:
+                self._since[key] = (committed, now)
+                continue
+            if now - last[1] >= self.after_s and key not in self._reported:
+                self._reported.add(key)
+                stalled.append(entry)
+        self._forget(set(self._since) - seen)
+        if stalled:
+            context = {k: v for k, v in report.items() if k != "partitions"}
+            log.warning(
+                "no commit for %.0f s on %d input partition(s) with records to read: %s; "
+                "worker: %s",
+                self.after_s,
+                len(stalled),
+                stalled,
+                context,
+            )
+        return stalled
+
+    def _forget(self, keys: Iterable[tuple[str, int]]) -> None:
+        for key in keys:
+            self._since.pop(key, None)
+            self._reported.discard(key)
