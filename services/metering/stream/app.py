@@ -349,10 +349,22 @@ class StreamRuntime:
         self.owned: set[int] = set()
         self.generation = 0
         self.stall_watch = StallWatch()
+        #: what the processor is doing, and since when (monotonic); for GET /partitions
+        self.phase: tuple[str, float] = ("idle", time.monotonic())
         self.metrics.sink_up.set(1 if client is not None else 0)
         self.metrics.ready.set(0)
 
     # ------------------------------------------------------------------ helpers
+    @contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Mark what the processor is doing (``phase``) while the block runs."""
+        previous = self.phase[0]
+        self.phase = (name, time.monotonic())
+        try:
+            yield
+        finally:
+            self.phase = (previous, time.monotonic())
+
     @property
     def uncommitted_records(self) -> int:
         """Records processed (steps 2-4) and not committed yet."""
@@ -544,9 +556,12 @@ class StreamRuntime:
 
     async def commit(self, work: Work, generation: int) -> None:
         """Checkpoint (write-ahead), flush, publish ``work`` (module docstring)."""
-        await self.checkpoint(work, generation)
-        await self.flush_sink()
-        await self.publish(work.outgoing)
+        with self._phase("checkpoint"):
+            await self.checkpoint(work, generation)
+        with self._phase("flush"):
+            await self.flush_sink()
+        with self._phase("publish"):
+            await self.publish(work.outgoing)
         for (topic, partition), pos in work.positions.items():
             self.metrics.consumer_position.labels(topic, str(partition)).set(pos)
             end = self.highwater(topic, partition)
@@ -676,7 +691,8 @@ class StreamRuntime:
     async def _advance(self) -> None:
         """Steps 2-4 for whatever the aligner releases, added to the uncommitted work
         (lock held)."""
-        await self.ensure_sink()
+        with self._phase("connect"):
+            await self.ensure_sink()
         work = self.pipeline.step(self.highwater, self._committed)
         if not work.tokens and not work.outgoing and not work.accounts:
             return
@@ -760,7 +776,8 @@ class StreamRuntime:
             # commit the acked offsets while the partitions are still ours (fewer records
             # to skip again after the rebalance; correctness does not depend on it)
             try:
-                await self.app.consumer.commit()
+                with self._phase("commit offsets (revocation)"):
+                    await self.app.consumer.commit()
             except Exception as exc:  # a failed commit only means more re-reading
                 log.info("commit before revocation failed: %s", exc)
             self.generation += 1

@@ -97,11 +97,14 @@ def partition_report(rt: StreamRuntime) -> dict[str, Any]:
         entry.update(_aiokafka_state(consumer, tp))
         partitions.append(entry)
     uncommitted = rt.uncommitted_records
+    phase, since = rt.phase
     return {
         "generation": rt.generation,
         "consumer_generation": _get(app, "consumer_generation_id"),
         "consuming": rt.consuming,
         "step_running": rt.lock.locked(),
+        "phase": phase,
+        "phase_s": round(time.monotonic() - since, 3),
         "backlog": rt.pipeline.backlog,
         "uncommitted": uncommitted,
         "flow_active": _get(consumer, "flow_active"),
