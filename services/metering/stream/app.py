@@ -49,7 +49,9 @@ backlog is caught up: at ``batch_size``, or 10 windows). In this order:
    ``metering.fairuse``, dead letters to ``metering.deadletter`` (CloudEvents JSON, key =
    account id) and rerouted records, and **await their delivery**;
 8. **ack** the commit's records; Faust commits their offsets (contiguous acked offsets
-   per partition) every ``broker_commit_interval`` and before a revocation.
+   per partition) every ``broker_commit_interval`` and before a revocation. No other
+   ack of an input record reaches the consumer (:class:`~metering.stream.acks.AckGate`:
+   Faust's pure-Python stream acks records it skips as stale after a rebalance).
 
 Why a crash between any two steps neither loses nor double-counts (a "step" below is
 everything one commit covers):
@@ -135,6 +137,7 @@ from metering.kafka.topics import INPUT_TOPICS, TopicSpec, ensure_topics, topic_
 from metering.storage.client import StorageError, StorageUnavailable, connect
 from metering.storage.schema import migrate, set_retention
 from metering.storage.sink import ClickHouseSink, SinkUnavailable
+from metering.stream.acks import AckGate
 from metering.stream.diagnostics import StallWatch, partition_report
 from metering.stream.metrics import WorkerMetrics
 from metering.stream.pipeline import Outgoing, Pipeline, Record, Work
@@ -349,6 +352,8 @@ class StreamRuntime:
         self.owned: set[int] = set()
         self.generation = 0
         self.stall_watch = StallWatch()
+        #: only the processor acks input records (see metering.stream.acks)
+        self.acks = AckGate(INPUT_TOPICS, self.metrics.stale_acks.inc)
         #: what the processor is doing, and since when (monotonic); for GET /partitions
         self.phase: tuple[str, float] = ("idle", time.monotonic())
         self.metrics.sink_up.set(1 if client is not None else 0)
@@ -609,7 +614,7 @@ class StreamRuntime:
         """Release the reference taken in :meth:`handle`; the last one marks the offset
         safe to commit."""
         message = event.message
-        if message.ack(self.app.consumer):
+        if self.acks.release(message, self.app.consumer):
             self.app.sensors.on_message_out(message.tp, message.offset, message)
 
     async def handle(self, events: Sequence[EventT[Any]]) -> None:
@@ -789,6 +794,8 @@ class StreamRuntime:
             log.info("revoked partitions %s: dropped %d accounts", sorted(parts), len(gone))
 
     async def on_assigned(self, assigned: set[TP]) -> None:
+        # before any record of this generation: a stale one exists only after a rebalance
+        self.acks.install(self.app.consumer)
         async with self.lock:
             self.generation += 1
             self.owned = {tp.partition for tp in assigned if tp.topic in INPUT_TOPICS}

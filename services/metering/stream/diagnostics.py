@@ -108,6 +108,7 @@ def partition_report(rt: StreamRuntime) -> dict[str, Any]:
         "backlog": rt.pipeline.backlog,
         "uncommitted": uncommitted,
         "flow_active": _get(consumer, "flow_active"),
+        "stale_acks_refused": rt.acks.refused,
         "partitions": partitions,
     }
 

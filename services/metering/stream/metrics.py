@@ -209,6 +209,12 @@ class WorkerMetrics:
         self.rebalances = Counter(
             "metering_rebalances", "Partition assignments received", registry=r
         )
+        self.stale_acks = Counter(
+            "metering_stale_acks_refused",
+            "Acks of input records Faust skipped (fetched before a rebalance) kept from "
+            "the consumer, so no commit covers them before they are applied",
+            registry=r,
+        )
         # process_resident_memory_bytes and friends (worker memory on the dashboards)
         ProcessCollector(registry=r)
         self.input_end_offset = Gauge(
