@@ -362,7 +362,8 @@ def wait_committed(
     reports = []
     for w in alive:
         try:
-            reports.append(f"--- {w.log.name} /partitions\n{json.dumps(w.json('/partitions'))}")
+            report = json.dumps(w.json("/partitions?tasks=1"))
+            reports.append(f"--- {w.log.name} /partitions\n{report}")
         except (OSError, AssertionError) as exc:
             reports.append(f"--- {w.log.name} /partitions: {exc}")
     pytest.fail(
@@ -885,6 +886,9 @@ def test_5_http_api(solo: tuple[Kafka, Worker], backend: Backend, tmp_path: Path
         (t, p) for t in INPUT_TOPICS for p in range(PARTITIONS)
     }
     assert all(e["faust_paused"] is False and e["paused"] is False for e in report["partitions"])
+    assert report["commit"]["group_generation"] >= 0 and report["commit"]["member_id"]
+    tasks = w.json("/partitions?tasks=1")["consumer_tasks"]
+    assert tasks and all(isinstance(t, str) and " @ " in t for t in tasks), tasks
 
     # a worker whose ClickHouse is unreachable: healthy (consuming) but not ready
     with backend.kafka() as b2, workers() as ws:

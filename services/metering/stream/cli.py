@@ -67,8 +67,9 @@ def run_worker(args: argparse.Namespace) -> int:
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
     )
     if settings.log_level == "INFO":
-        # Faust/mode/aiokafka narrate every service start and stop at INFO
-        for name in ("faust", "mode", "aiokafka"):
+        # Faust and mode narrate every service start and stop at INFO; aiokafka's INFO
+        # lines (group joins, assignments, retried commit errors) stay
+        for name in ("faust", "mode"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
         created = asyncio.run(ensure_worker_topics(settings))

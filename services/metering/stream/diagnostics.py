@@ -10,6 +10,7 @@ partition.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -22,7 +23,13 @@ from metering.kafka.topics import INPUT_TOPICS
 if TYPE_CHECKING:
     from metering.stream.app import StreamRuntime
 
-__all__ = ["STALL_AFTER_S", "StallWatch", "partition_report"]
+__all__ = [
+    "STALL_AFTER_S",
+    "StallWatch",
+    "commit_report",
+    "consumer_thread_tasks",
+    "partition_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,57 @@ def _aiokafka_state(consumer: Any, tp: TP) -> dict[str, Any]:
         return {"position": None, "paused": None}
     position = state.position if state.has_valid_position else None
     return {"position": position, "paused": bool(state.paused)}
+
+
+def _future_state(fut: Any) -> str | None:
+    if fut is None:
+        return None
+    try:
+        return "done" if fut.done() else "pending"
+    except Exception:
+        return "unknown"
+
+
+def commit_report(consumer: Any) -> dict[str, Any]:
+    """The offset-commit path: Faust's in-flight commit (one at a time: later commits
+    wait for it) and aiokafka's group coordinator (generation, member, coordinator node,
+    commit lock)."""
+    out: dict[str, Any] = {"faust_commit": _future_state(_get(consumer, "_commit_fut"))}
+    try:
+        coordinator = consumer._thread._ensure_consumer()._coordinator
+    except Exception:
+        return out
+    lock = getattr(coordinator, "_commit_lock", None)
+    out.update(
+        group_generation=getattr(coordinator, "generation", None),
+        member_id=getattr(coordinator, "member_id", None),
+        coordinator_id=getattr(coordinator, "coordinator_id", None),
+        commit_lock_held=lock.locked() if lock is not None else None,
+    )
+    return out
+
+
+def consumer_thread_tasks(consumer: Any, limit: int = 40) -> list[str]:
+    """One line per task of the consumer thread's event loop: its coroutine and where it
+    waits (innermost frame). Read from another thread: best effort, for the stall log."""
+    loop = _get(consumer, "_thread", "thread_loop")
+    if loop is None:
+        return []
+    lines: list[str] = []
+    try:
+        tasks = list(asyncio.all_tasks(loop))
+    except Exception as exc:  # the set changed while iterating: try again next time
+        return [f"(tasks unavailable: {exc})"]
+    for task in tasks[:limit]:
+        try:
+            coro = task.get_coro()
+            name = getattr(coro, "__qualname__", repr(coro))
+            stack = task.get_stack(limit=None)
+            where = [f"{f.f_code.co_name}:{f.f_lineno}" for f in stack[-4:]]
+            lines.append(f"{name} @ {' > '.join(where)}")
+        except Exception as exc:
+            lines.append(f"(task unavailable: {exc})")
+    return lines
 
 
 def partition_report(rt: StreamRuntime) -> dict[str, Any]:
@@ -109,6 +167,7 @@ def partition_report(rt: StreamRuntime) -> dict[str, Any]:
         "uncommitted": uncommitted,
         "flow_active": _get(consumer, "flow_active"),
         "stale_acks_refused": rt.acks.refused,
+        "commit": commit_report(consumer),
         "partitions": partitions,
     }
 
@@ -119,9 +178,13 @@ class StallWatch:
     beyond it (once per stall; again after it moved)."""
 
     def __init__(
-        self, after_s: float = STALL_AFTER_S, monotonic: Callable[[], float] = time.monotonic
+        self,
+        after_s: float = STALL_AFTER_S,
+        monotonic: Callable[[], float] = time.monotonic,
+        tasks: Callable[[], list[str]] | None = None,
     ) -> None:
         self.after_s = after_s
+        self._tasks = tasks
         self._monotonic = monotonic
         self._since: dict[tuple[str, int], tuple[int | None, float]] = {}
         self._reported: set[tuple[str, int]] = set()
@@ -158,6 +221,8 @@ class StallWatch:
                 stalled,
                 context,
             )
+            if self._tasks is not None:
+                log.warning("consumer thread tasks:\n  %s", "\n  ".join(self._tasks()))
         return stalled
 
     def _forget(self, keys: Iterable[tuple[str, int]]) -> None:

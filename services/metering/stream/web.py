@@ -27,7 +27,8 @@
     For operators: per assigned input partition, the committed offset, high watermark,
     read and fetch positions, records held by the aligner, acked records waiting for a
     commit, and pause flags (:func:`~metering.stream.diagnostics.partition_report`); the
-    first place to look when ``MeteringWorkerStalled`` fires.
+    first place to look when ``MeteringWorkerStalled`` fires. ``?tasks=1`` adds the
+    tasks of the Kafka consumer's thread and where each one waits.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 
 from metering.storage.reader import read_statement
-from metering.stream.diagnostics import partition_report
+from metering.stream.diagnostics import consumer_thread_tasks, partition_report
 from metering.stream.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -143,4 +144,7 @@ def register_views(app: faust.App, rt: StreamRuntime) -> None:
     @app.page("/partitions")
     class Partitions(View):
         async def get(self, request: Request) -> Response:
-            return self.json(partition_report(rt))
+            report = partition_report(rt)
+            if request.query.get("tasks") == "1":
+                report["consumer_tasks"] = consumer_thread_tasks(rt.app.consumer)
+            return self.json(report)
