@@ -71,3 +71,17 @@ def test_a_partition_that_left_and_came_back_starts_a_new_wait() -> None:
     assert watch.check(report(None, 100)) == []  # assigned again: counts from 70
     clock.now = 130
     assert len(watch.check(report(None, 100))) == 1
+
+
+def test_next_commit_follows_fausts_rule() -> None:
+    from metering.stream.diagnostics import _next_commit
+
+    # the first run of consecutive acked offsets, committed when past the committed offset
+    assert _next_commit([12, 10, 11, 14], None)["would_commit"] == 13
+    got = _next_commit([10, 11, 12, 14], 10)
+    assert got == {"acked_head": [10, 11, 12, 14], "runs": 2, "would_commit": 13}
+    # a gap right after the committed offset: nothing
+    assert _next_commit([13, 14], 10)["would_commit"] is None
+    # a duplicate ends the first run (Faust's consecutive_numbers): 244 is not past 244
+    assert _next_commit([243, 243, 244, 245], 244)["would_commit"] is None
+    assert _next_commit([], 5) == {"acked_head": [], "runs": 0, "would_commit": None}

@@ -887,7 +887,8 @@ def test_5_http_api(solo: tuple[Kafka, Worker], backend: Backend, tmp_path: Path
     }
     assert all(e["faust_paused"] is False and e["paused"] is False for e in report["partitions"])
     assert report["commit"]["group_generation"] >= 0 and report["commit"]["member_id"]
-    tasks = w.json("/partitions?tasks=1")["consumer_tasks"]
+    with_tasks = w.json("/partitions?tasks=1")
+    tasks = with_tasks["consumer_tasks"] + with_tasks["main_tasks"]
     assert tasks and all(isinstance(t, str) and " @ " in t for t in tasks), tasks
 
     # a worker whose ClickHouse is unreachable: healthy (consuming) but not ready

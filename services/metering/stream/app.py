@@ -138,7 +138,12 @@ from metering.storage.client import StorageError, StorageUnavailable, connect
 from metering.storage.schema import migrate, set_retention
 from metering.storage.sink import ClickHouseSink, SinkUnavailable
 from metering.stream.acks import AckGate
-from metering.stream.diagnostics import StallWatch, consumer_thread_tasks, partition_report
+from metering.stream.diagnostics import (
+    StallWatch,
+    consumer_thread_tasks,
+    main_loop_tasks,
+    partition_report,
+)
 from metering.stream.metrics import WorkerMetrics
 from metering.stream.pipeline import Outgoing, Pipeline, Record, Work
 from metering.stream.settings import WorkerSettings
@@ -351,7 +356,12 @@ class StreamRuntime:
         self.sink_error: str | None = None
         self.owned: set[int] = set()
         self.generation = 0
-        self.stall_watch = StallWatch(tasks=lambda: consumer_thread_tasks(self.app.consumer))
+        self.stall_watch = StallWatch(
+            tasks=lambda: [
+                *(f"main: {t}" for t in main_loop_tasks()),
+                *(f"consumer thread: {t}" for t in consumer_thread_tasks(self.app.consumer)),
+            ]
+        )
         #: only the processor acks input records (see metering.stream.acks)
         self.acks = AckGate(INPUT_TOPICS, self.metrics.stale_acks.inc)
         #: what the processor is doing, and since when (monotonic); for GET /partitions

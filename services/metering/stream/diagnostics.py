@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
@@ -28,6 +29,7 @@ __all__ = [
     "StallWatch",
     "commit_report",
     "consumer_thread_tasks",
+    "main_loop_tasks",
     "partition_report",
 ]
 
@@ -88,12 +90,41 @@ def commit_report(consumer: Any) -> dict[str, Any]:
     return out
 
 
+def _next_commit(acked: list[int], committed: int | None) -> dict[str, Any]:
+    """What Faust's next commit would take for one partition (``Consumer._new_offset``
+    and ``_should_commit`` without their side effects): the first run of consecutive
+    acked offsets, the offset it would commit, and whether that passes the committed
+    one."""
+    if not acked:
+        return {"acked_head": [], "runs": 0, "would_commit": None}
+    ordered = sorted(acked)
+    first_run = 1
+    while first_run < len(ordered) and ordered[first_run] == ordered[first_run - 1] + 1:
+        first_run += 1
+    runs = 1 + sum(1 for a, b in pairwise(ordered) if b != a + 1)
+    offset = ordered[first_run - 1] + 1
+    if committed and ordered[0] - committed > 1:
+        would: int | None = None
+    else:
+        would = offset if committed is None or offset > committed else None
+    return {"acked_head": ordered[:6], "runs": runs, "would_commit": would}
+
+
 def consumer_thread_tasks(consumer: Any, limit: int = 40) -> list[str]:
     """One line per task of the consumer thread's event loop: its coroutine and where it
     waits (innermost frame). Read from another thread: best effort, for the stall log."""
     loop = _get(consumer, "_thread", "thread_loop")
     if loop is None:
         return []
+    return _describe_tasks(loop, limit)
+
+
+def main_loop_tasks(limit: int = 80) -> list[str]:
+    """The same for the running (main) event loop's tasks."""
+    return _describe_tasks(asyncio.get_running_loop(), limit)
+
+
+def _describe_tasks(loop: asyncio.AbstractEventLoop, limit: int) -> list[str]:
     lines: list[str] = []
     try:
         tasks = list(asyncio.all_tasks(loop))
@@ -137,10 +168,11 @@ def partition_report(rt: StreamRuntime) -> dict[str, Any]:
     partitions: list[dict[str, Any]] = []
     for tp in sorted(tp for tp in assignment if tp.topic in INPUT_TOPICS):
         acked_tp = list(acked.get(tp, ()))
+        committed_tp = committed.get(tp)
         entry: dict[str, Any] = {
             "topic": tp.topic,
             "partition": tp.partition,
-            "committed": committed.get(tp),
+            "committed": committed_tp,
             "highwater": rt.highwater(tp.topic, tp.partition),
             "read": read.get(tp),
             "received": aligner.next_offset(tp.topic, tp.partition),
@@ -152,6 +184,7 @@ def partition_report(rt: StreamRuntime) -> dict[str, Any]:
             "unacked": unacked.get(tp, 0),
             "faust_paused": tp in paused,
         }
+        entry.update(_next_commit(acked_tp, committed_tp))
         entry.update(_aiokafka_state(consumer, tp))
         partitions.append(entry)
     uncommitted = rt.uncommitted_records
@@ -222,7 +255,7 @@ class StallWatch:
                 context,
             )
             if self._tasks is not None:
-                log.warning("consumer thread tasks:\n  %s", "\n  ".join(self._tasks()))
+                log.warning("event loop tasks:\n  %s", "\n  ".join(self._tasks()))
         return stalled
 
     def _forget(self, keys: Iterable[tuple[str, int]]) -> None:

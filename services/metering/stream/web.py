@@ -41,7 +41,11 @@ from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 
 from metering.storage.reader import read_statement
-from metering.stream.diagnostics import consumer_thread_tasks, partition_report
+from metering.stream.diagnostics import (
+    consumer_thread_tasks,
+    main_loop_tasks,
+    partition_report,
+)
 from metering.stream.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -147,4 +151,5 @@ def register_views(app: faust.App, rt: StreamRuntime) -> None:
             report = partition_report(rt)
             if request.query.get("tasks") == "1":
                 report["consumer_tasks"] = consumer_thread_tasks(rt.app.consumer)
+                report["main_tasks"] = main_loop_tasks()
             return self.json(report)
