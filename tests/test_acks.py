@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -79,3 +80,35 @@ def test_a_record_skipped_as_stale_is_acked_only_without_the_gate(mode: str) -> 
     else:
         assert got["stale_acked"] == [6]
         assert got["refused"] == 1
+
+
+def test_an_ack_waits_while_an_earlier_record_of_its_partition_is_held(tmp_path: Any) -> None:
+    """A dead letter at offset 11 passes the aligner while the event at offset 10 waits
+    there: the worker acks 11 only once 10 is released, so no commit can pass 10."""
+    import faust
+    from faust.events import Event
+    from faust.types.tuples import ConsumerMessage
+
+    from helpers import decode, message
+    from metering.stream.app import create_app, runtime_of
+    from metering.stream.pipeline import Held, Record
+    from metering.stream.settings import WorkerSettings
+
+    settings = WorkerSettings.from_env({}, db_dir=str(tmp_path / "db"), data_dir=str(tmp_path))
+    app = create_app(settings, client=object())
+    rt = runtime_of(app)
+    assert isinstance(app, faust.App)
+
+    def event(topic: str, offset: int) -> Any:
+        msg = ConsumerMessage(topic, 0, offset, 0.0, 0, None, b"k", b"v", None)
+        return Event(app, b"k", b"v", None, msg)
+
+    held = Record("cpaas.messaging", 0, 10, b"k", b"v")
+    sent = decode(message("message.sent", "2026-11-10T12:00:00.000Z"))
+    rt.pipeline.aligner.add(Held(0, held, sent, event(held.topic, 10)))
+    dead, other_topic = event("cpaas.messaging", 11), event("cpaas.voice", 11)
+    before = event("cpaas.messaging", 9)
+    ready, later = rt._ackable([dead, other_topic, before])
+    assert ready == [other_topic, before] and later == [dead]
+    rt.pipeline.aligner.forget([0])  # released (or dropped): nothing held any more
+    assert rt._ackable(later) == ([dead], [])

@@ -889,7 +889,9 @@ def test_5_http_api(solo: tuple[Kafka, Worker], backend: Backend, tmp_path: Path
     assert report["commit"]["group_generation"] >= 0 and report["commit"]["member_id"]
     with_tasks = w.json("/partitions?tasks=1")
     tasks = with_tasks["consumer_tasks"] + with_tasks["main_tasks"]
-    assert tasks and all(isinstance(t, str) and " @ " in t for t in tasks), tasks
+    assert tasks and all(isinstance(t, str) for t in tasks), tasks
+    assert any("_commit_handler" in t for t in with_tasks["main_tasks"]), tasks
+    assert report["commit"]["faust_commit_task"] is True
 
     # a worker whose ClickHouse is unreachable: healthy (consuming) but not ready
     with backend.kafka() as b2, workers() as ws:

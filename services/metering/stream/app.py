@@ -48,10 +48,15 @@ backlog is caught up: at ``batch_size``, or 10 windows). In this order:
 7. **publish** output events to ``metering.interactions`` / ``metering.concurrency`` /
    ``metering.fairuse``, dead letters to ``metering.deadletter`` (CloudEvents JSON, key =
    account id) and rerouted records, and **await their delivery**;
-8. **ack** the commit's records; Faust commits their offsets (contiguous acked offsets
-   per partition) every ``broker_commit_interval`` and before a revocation. No other
-   ack of an input record reaches the consumer (:class:`~metering.stream.acks.AckGate`:
-   Faust's pure-Python stream acks records it skips as stale after a rebalance).
+8. **ack** the commit's records, then have Faust commit the acked offsets (the first
+   run of contiguous acked offsets per partition) at once; also every
+   :data:`COMMIT_EVERY_S`, because Faust's own commit timer ends for good, silently,
+   when a commit is cancelled inside the consumer (``mode`` ends a service task on a
+   ``CancelledError``). A record that went past the aligner (a dead letter, a
+   rerouted or skipped record) is acked only once no earlier record of its
+   topic-partition is held there. No other ack of an input record reaches the consumer
+   (:class:`~metering.stream.acks.AckGate`: Faust's pure-Python stream acks records it
+   skips as stale after a rebalance).
 
 Why a crash between any two steps neither loses nor double-counts (a "step" below is
 everything one commit covers):
@@ -124,7 +129,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import faust
 from faust.streams import _current_event
@@ -140,6 +145,7 @@ from metering.storage.sink import ClickHouseSink, SinkUnavailable
 from metering.stream.acks import AckGate
 from metering.stream.diagnostics import (
     StallWatch,
+    commit_task_alive,
     consumer_thread_tasks,
     main_loop_tasks,
     partition_report,
@@ -176,6 +182,9 @@ many batch windows."""
 RELEASE_INTERVAL_S = 0.1
 """How often the processor looks for work without being woken (aligned events whose wait
 ended, restored checkpoints' pending output)."""
+COMMIT_EVERY_S = 3.0
+"""How often the worker has Faust commit the acked offsets itself (besides after every
+step), so commits go on even if Faust's own commit task has ended."""
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 
@@ -282,6 +291,28 @@ async def _to_list(futs: Sequence[Awaitable[T]]) -> list[T]:
     return list(await asyncio.gather(*futs))
 
 
+def deliver_all(
+    items: Sequence[T], send: Callable[[T], Awaitable[Any]]
+) -> Callable[[], Awaitable[None]]:
+    """An attempt for :meth:`StreamRuntime._retry`: send every item not delivered yet and
+    await them all; raise the first failure. Each attempt sends the failed items again
+    (a failed send's future stays failed: awaiting it again would fail forever)."""
+    pending = list(range(len(items)))
+
+    async def attempt() -> None:
+        nonlocal pending
+        sent = [(i, send(items[i])) for i in pending]
+        results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+        pending = [
+            i for (i, _), r in zip(sent, results, strict=True) if isinstance(r, BaseException)
+        ]
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    return attempt
+
+
 # ----------------------------------------------------------------------------- runtime
 
 
@@ -349,6 +380,9 @@ class StreamRuntime:
         self._uncommitted_at = 0.0
         self._uncommitted_generation = 0
         self._uncommitted_restored = False
+        #: committed records whose ack waits for an earlier record held by the aligner
+        self._deferred_acks: list[EventT[Any]] = []
+        self._commit_task_gone = False
         self._room: asyncio.Event | None = None
         #: state: set once the first recovery completed; False while rebalancing
         self.consuming = False
@@ -541,16 +575,20 @@ class StreamRuntime:
             return True
         table = self.table
         owned_now = self.owned
-        futs = []
+        todo: list[tuple[str, int, bytes]] = []
         for account, blob in blobs:
             partition = self.pipeline.owner_partition(account)
             if generation != self.generation and partition not in owned_now:
                 log.warning("not checkpointing %s: partition %d was revoked", account, partition)
                 continue
-            key = account.encode()
             with _in_partition(partition):
-                table.data[key] = blob
-                fut = table.send_changelog(None, key, blob)
+                table.data[account.encode()] = blob
+            todo.append((account, partition, blob))
+
+        def send(item: tuple[str, int, bytes]) -> Awaitable[Any]:
+            account, partition, blob = item
+            with _in_partition(partition):
+                fut = table.send_changelog(None, account.encode(), blob)
             sent_to = fut.message.partition
             if sent_to is not None and sent_to != partition:  # pragma: no cover - invariant
                 log.error(
@@ -560,12 +598,9 @@ class StreamRuntime:
                     sent_to,
                     partition,
                 )
-            futs.append(fut)
+            return cast(Awaitable[Any], fut)
 
-        async def wait() -> None:
-            await _to_list(futs)
-
-        await self._retry("writing checkpoints", wait)
+        await self._retry("writing checkpoints", deliver_all(todo, send))
         self.metrics.step_seconds.labels("checkpoint").observe(time.perf_counter() - started)
         return True
 
@@ -597,6 +632,18 @@ class StreamRuntime:
                 end = self.highwater(tp.topic, tp.partition)
                 if end is not None:
                     self.metrics.input_end_offset.labels(tp.topic, str(tp.partition)).set(end)
+
+    def check_commit_task(self) -> None:
+        """Log (once) when Faust's periodic commit task has ended: the worker's own
+        commits (:meth:`commit_offsets`) keep the offsets moving."""
+        alive = commit_task_alive(self.app.consumer)
+        if alive is False and not self._commit_task_gone:
+            self._commit_task_gone = True
+            log.warning(
+                "Faust's offset-commit task has ended (a commit was cancelled inside the "
+                "consumer); the worker commits offsets itself every %.0f s",
+                COMMIT_EVERY_S,
+            )
 
     def check_stalls(self) -> None:
         """Log input partitions that stopped committing (:class:`StallWatch`)."""
@@ -759,10 +806,47 @@ class StreamRuntime:
         self._uncommitted = None
         self._uncommitted_restored = False
         self.pipeline.aligner.busy()
-        for token in work.tokens:
+        ready, self._deferred_acks = self._ackable([*self._deferred_acks, *work.tokens])
+        for token in ready:
             self._final_ack(token)
         for topic, n in work.records_by_topic.items():
             self.metrics.records_consumed.labels(topic).inc(n)
+        await self.commit_offsets()
+
+    def _ackable(self, tokens: list[EventT[Any]]) -> tuple[list[EventT[Any]], list[EventT[Any]]]:
+        """Split committed records into those to ack now and those whose ack waits: a
+        record that went past the aligner (a dead letter, a rerouted or skipped record)
+        while an earlier record of its topic-partition is still held there. Faust commits
+        the first run of acked offsets, and for a partition without a committed offset
+        it does not check that the run starts at the consumer's position, so acking the
+        later record first could commit past the held one."""
+        aligner = self.pipeline.aligner
+        ready: list[EventT[Any]] = []
+        later: list[EventT[Any]] = []
+        for token in tokens:
+            m = token.message
+            low = aligner.lowest_held(m.topic, m.partition)
+            (later if low is not None and low < m.offset else ready).append(token)
+        return ready, later
+
+    async def commit_offsets(self) -> None:
+        """Have Faust commit the acked offsets now, after each step, rather than only on
+        its own timer: a CancelledError raised inside the consumer thread (a commit cut
+        short by a rebalance) ends Faust's commit task for good, without an error, and
+        the worker would then never commit again. A failed commit is retried by the next
+        step (the offsets stay acked)."""
+        try:
+            with self._phase("commit offsets"):
+                await self.app.consumer.commit()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task is being cancelled (shutdown)
+            self.metrics.offset_commit_failures.inc()
+            log.warning("offset commit was cancelled in the consumer; the next step retries")
+        except Exception as exc:
+            self.metrics.offset_commit_failures.inc()
+            log.warning("offset commit failed (%s); the next step retries", exc)
 
     async def close_idle(self) -> None:
         """The wall-clock timer: close idle accounts' Interactions."""
@@ -788,13 +872,12 @@ class StreamRuntime:
             # Commit what was processed: the sink holds its facts, and they must not be
             # flushed later without the checkpoint that covers them.
             await self._commit_uncommitted()
-            # commit the acked offsets while the partitions are still ours (fewer records
-            # to skip again after the rebalance; correctness does not depend on it)
-            try:
-                with self._phase("commit offsets (revocation)"):
-                    await self.app.consumer.commit()
-            except Exception as exc:  # a failed commit only means more re-reading
-                log.info("commit before revocation failed: %s", exc)
+            # (_commit_uncommitted committed the acked offsets while the partitions are
+            # still ours: fewer records to skip again after the rebalance.) Acks still
+            # waiting for a held record are dropped with it: both are read again.
+            self._deferred_acks = [
+                t for t in self._deferred_acks if t.message.partition not in parts
+            ]
             self.generation += 1
             self.consuming = False
             self.metrics.ready.set(0)
@@ -928,6 +1011,13 @@ def create_app(settings: WorkerSettings, *, client: Any = None) -> faust.App:
             await rt.close_idle()
 
         app.timer(interval=settings.idle_check_s, name="metering.stream.idle_check")(idle_check)
+
+    async def commit_offsets() -> None:
+        if rt.consuming:
+            rt.check_commit_task()
+            await rt.commit_offsets()
+
+    app.timer(interval=COMMIT_EVERY_S, name="metering.stream.commit_offsets")(commit_offsets)
 
     async def end_offsets() -> None:
         rt.refresh_end_offsets()

@@ -28,6 +28,7 @@ __all__ = [
     "STALL_AFTER_S",
     "StallWatch",
     "commit_report",
+    "commit_task_alive",
     "consumer_thread_tasks",
     "main_loop_tasks",
     "partition_report",
@@ -75,7 +76,10 @@ def commit_report(consumer: Any) -> dict[str, Any]:
     """The offset-commit path: Faust's in-flight commit (one at a time: later commits
     wait for it) and aiokafka's group coordinator (generation, member, coordinator node,
     commit lock)."""
-    out: dict[str, Any] = {"faust_commit": _future_state(_get(consumer, "_commit_fut"))}
+    out: dict[str, Any] = {
+        "faust_commit": _future_state(_get(consumer, "_commit_fut")),
+        "faust_commit_task": commit_task_alive(consumer),
+    }
     try:
         coordinator = consumer._thread._ensure_consumer()._coordinator
     except Exception:
@@ -124,6 +128,21 @@ def main_loop_tasks(limit: int = 80) -> list[str]:
     return _describe_tasks(asyncio.get_running_loop(), limit)
 
 
+def _await_chain(coro: Any, depth: int = 12) -> list[str]:
+    """The coroutines ``coro`` awaits, outermost first (``cr_await`` / ``ag_await``),
+    each as ``qualname:line``; a plain future ends the chain."""
+    chain: list[str] = []
+    while coro is not None and len(chain) < depth:
+        name = getattr(coro, "__qualname__", None)
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if name is None:
+            chain.append(type(coro).__name__)
+            break
+        chain.append(f"{name}:{frame.f_lineno}" if frame is not None else name)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+    return chain
+
+
 def _describe_tasks(loop: asyncio.AbstractEventLoop, limit: int) -> list[str]:
     lines: list[str] = []
     try:
@@ -132,14 +151,25 @@ def _describe_tasks(loop: asyncio.AbstractEventLoop, limit: int) -> list[str]:
         return [f"(tasks unavailable: {exc})"]
     for task in tasks[:limit]:
         try:
-            coro = task.get_coro()
-            name = getattr(coro, "__qualname__", repr(coro))
-            stack = task.get_stack(limit=None)
-            where = [f"{f.f_code.co_name}:{f.f_lineno}" for f in stack[-4:]]
-            lines.append(f"{name} @ {' > '.join(where)}")
+            lines.append(" > ".join(_await_chain(task.get_coro())))
         except Exception as exc:
             lines.append(f"(task unavailable: {exc})")
-    return lines
+    return sorted(lines)
+
+
+def commit_task_alive(consumer: Any) -> bool | None:
+    """Whether Faust's periodic offset-commit task (``Consumer._commit_handler``) still
+    runs on the main loop (None: cannot tell)."""
+    futures = _get(consumer, "_futures")
+    if futures is None:
+        return None
+    for fut in list(futures):
+        get_coro = getattr(fut, "get_coro", None)
+        if get_coro is not None and any(
+            "_commit_handler" in step for step in _await_chain(get_coro())
+        ):
+            return True
+    return False
 
 
 def partition_report(rt: StreamRuntime) -> dict[str, Any]:

@@ -209,6 +209,11 @@ class WorkerMetrics:
         self.rebalances = Counter(
             "metering_rebalances", "Partition assignments received", registry=r
         )
+        self.offset_commit_failures = Counter(
+            "metering_offset_commit_failures",
+            "Offset commits that failed or were cancelled (the next step retries)",
+            registry=r,
+        )
         self.stale_acks = Counter(
             "metering_stale_acks_refused",
             "Acks of input records Faust skipped (fetched before a rebalance) kept from "

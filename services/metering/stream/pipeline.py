@@ -200,6 +200,11 @@ class Aligner:
         """How many records of (topic, partition) are held."""
         return len(self._queues.get(partition, {}).get(topic, ()))
 
+    def lowest_held(self, topic: str, partition: int) -> int | None:
+        """The offset of the first record of (topic, partition) held (None: none)."""
+        q = self._queues.get(partition, {}).get(topic)
+        return q[0].record.offset if q else None
+
     def blocked_for(self, partition: int) -> float | None:
         """Seconds ``partition`` has been blocked by a lagging topic (None: not blocked)."""
         since = self._blocked_since.get(partition)
