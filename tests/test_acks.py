@@ -9,6 +9,7 @@ consumer while the worker's own acks pass.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -112,3 +113,74 @@ def test_an_ack_waits_while_an_earlier_record_of_its_partition_is_held(tmp_path:
     assert ready == [other_topic, before] and later == [dead]
     rt.pipeline.aligner.forget([0])  # released (or dropped): nothing held any more
     assert rt._ackable(later) == ([dead], [])
+
+
+def test_fausts_fake_gap_no_longer_doubles_offsets() -> None:
+    """After a rebalance Faust can take records it fetches twice (before and after its
+    seek) for a gap. Merged into the acked offsets, the gap lists each offset twice and
+    Faust commits one offset per commit. With the guard installed, only the worker's
+    real gaps reach Faust: all acked offsets commit at once."""
+    import faust
+    from faust.types import TP
+    from faust.types.tuples import ConsumerMessage
+
+    from metering.stream.acks import AckGate, DeliveryGuard
+
+    def next_commit(guarded: bool) -> int | None:
+        app = faust.App("gaps-test", broker="kafka://127.0.0.1:1")
+        consumer: Any = app.consumer
+        app.topics.acking_topics.add("cpaas.voice")
+        tp = TP("cpaas.voice", 0)
+        gate, guard = AckGate(["cpaas.voice"]), DeliveryGuard(["cpaas.voice"])
+        if guarded:
+            gate.install(consumer)
+            guard.install(consumer)
+        consumer._committed_offset[tp] = 10
+
+        async def deliver() -> None:
+            # what Faust's fetch loop does when a pre-seek record (20) follows the seek
+            await consumer._add_gap(tp, 11, 20)
+            for offset in range(10, 21):
+                assert await guard.admit(tp, offset, 10, 1)
+                msg = ConsumerMessage("cpaas.voice", 0, offset, 0.0, 0, None, b"k", b"v", None)
+                msg.incref()
+                gate.release(msg, consumer)
+
+        asyncio.run(deliver())
+        offset: int | None = consumer._new_offset(tp)
+        return offset
+
+    assert next_commit(guarded=False) == 12  # doubled offsets: one offset per commit
+    assert next_commit(guarded=True) == 21
+
+
+def test_delivery_guard_admits_each_offset_once_per_generation_and_notes_real_gaps() -> None:
+    import faust
+    from faust.types import TP
+
+    from metering.stream.acks import DeliveryGuard
+
+    app = faust.App("guard-test", broker="kafka://127.0.0.1:1")
+    consumer: Any = app.consumer
+    guard = DeliveryGuard(["cpaas.voice"])
+    guard.install(consumer)
+    voice, other = TP("cpaas.voice", 0), TP("other", 0)
+
+    def gaps(tp: TP) -> list[tuple[int, int]]:
+        return sorted((iv.begin, iv.end - 1) for iv in consumer._gap.get(tp, ()))
+
+    async def main() -> list[bool]:
+        await consumer._add_gap(other, 3, 5)  # not an input topic: Faust's own gap stays
+        return [
+            await guard.admit(voice, 10, 10, 1),
+            await guard.admit(voice, 11, 10, 1),
+            await guard.admit(voice, 11, 10, 1),  # fetched again: handled once
+            await guard.admit(voice, 14, 10, 1),  # 12 and 13 never come (compaction)
+            await guard.admit(voice, 11, 10, 2),  # a new generation reads again
+        ]
+
+    assert asyncio.run(main()) == [True, True, False, True, True]
+    assert guard.redelivered == 1
+    # 12-13 never came; nor did 10, the committed offset of generation 2's first read
+    assert gaps(voice) == [(10, 10), (12, 13)]
+    assert gaps(other) == [(3, 5)]

@@ -1,5 +1,29 @@
-"""Which acks of input records reach Faust's consumer.
+"""What reaches Faust's offset bookkeeping for the input topics: acks and offset gaps.
 
+Faust commits, per partition, the first run of consecutive offsets in its list of acked
+offsets, into which it also merges the offset *gaps* it noted (offsets that never come:
+compaction, transaction markers). Two of its habits break that for this worker, and both
+were seen on the dev broker after restarts:
+
+Fake gaps and doubled offsets
+-----------------------------
+After a rebalance Faust resumes fetching *before* it seeks to the committed offsets, so
+records fetched from before the seek can arrive after it. Faust then takes the jump
+from the committed offset to such a record for a gap, although those offsets come again
+after the seek, and merges that "gap" into its acked list. Every offset in it is then
+listed twice once its re-delivered record is acked, and Faust commits one offset per
+commit: the worker seems stuck (it took minutes per thousand records). Worse, a gap
+covers its own last record and offsets not applied yet, so a commit could pass records
+still in flight, and a crash then would lose them.
+
+:class:`DeliveryGuard` therefore keeps Faust's own gap-taking off the input topics and
+notes gaps itself, from the offsets it admits: per partition and rebalance generation,
+a record at or below the last admitted offset is a re-delivery (dropped; the first copy
+is handled), and a jump past the next offset is a real gap, noted without the record
+that ends it.
+
+Acks of skipped records
+-----------------------
 Faust's stream acks a record it *skips*: one fetched before the latest rebalance
 (``message.generation_id`` older than the consumer's) or while flow control is
 suspended. The record was never handed to the worker; the consumer reads it again from
@@ -15,10 +39,12 @@ unacked, so the committed offset cannot pass it until it was applied.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-__all__ = ["AckGate"]
+from faust.types import TP
+
+__all__ = ["AckGate", "DeliveryGuard"]
 
 
 class AckGate:
@@ -56,3 +82,51 @@ class AckGate:
             return bool(message.ack(consumer))
         finally:
             self._open = False
+
+
+class DeliveryGuard:
+    """Admits each offset of an input topic-partition once per rebalance generation, and
+    notes the real offset gaps in Faust's consumer (its own gap-taking is kept off the
+    input topics by :meth:`install`)."""
+
+    def __init__(self, topics: Iterable[str]) -> None:
+        self.topics = frozenset(topics)
+        self.redelivered = 0
+        self._last: dict[TP, tuple[int | None, int]] = {}
+        self._add_gap: Callable[[TP, int, int], Awaitable[None]] | None = None
+        self._installed: set[int] = set()
+
+    def install(self, consumer: Any) -> None:
+        """Wrap ``consumer._add_gap`` (idempotent per consumer): calls for input topics
+        are ignored, :meth:`admit` notes their gaps itself."""
+        if id(consumer) in self._installed:
+            return
+        original: Callable[[TP, int, int], Awaitable[None]] = consumer._add_gap
+        topics = self.topics
+
+        async def add_gap(tp: TP, offset_from: int, offset_to: int) -> None:
+            if tp.topic not in topics:
+                await original(tp, offset_from, offset_to)
+
+        consumer._add_gap = add_gap
+        self._add_gap = original
+        self._installed.add(id(consumer))
+
+    async def admit(
+        self, tp: TP, offset: int, committed: int | None, generation: int | None
+    ) -> bool:
+        """Whether to handle the record at ``offset`` fetched in rebalance ``generation``
+        (False: a re-delivery). Notes the gap before it, if any: after the last offset
+        admitted in the generation or, for its first record of the partition, after the
+        ``committed`` offset (Faust's copy; the consumer reads again from there after
+        every rebalance)."""
+        seen = self._last.get(tp)
+        last = seen[1] if seen is not None and seen[0] == generation else None
+        if last is not None and offset <= last:
+            self.redelivered += 1
+            return False
+        self._last[tp] = (generation, offset)
+        start = last + 1 if last is not None else committed
+        if start is not None and offset > start and self._add_gap is not None:
+            await self._add_gap(tp, start, offset - 1)
+        return True

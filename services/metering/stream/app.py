@@ -49,14 +49,14 @@ backlog is caught up: at ``batch_size``, or 10 windows). In this order:
    ``metering.fairuse``, dead letters to ``metering.deadletter`` (CloudEvents JSON, key =
    account id) and rerouted records, and **await their delivery**;
 8. **ack** the commit's records, then have Faust commit the acked offsets (the first
-   run of contiguous acked offsets per partition) at once; also every
-   :data:`COMMIT_EVERY_S`, because Faust's own commit timer ends for good, silently,
-   when a commit is cancelled inside the consumer (``mode`` ends a service task on a
-   ``CancelledError``). A record that went past the aligner (a dead letter, a
-   rerouted or skipped record) is acked only once no earlier record of its
+   run of contiguous acked offsets per partition) at once rather than on its timer
+   only (less to read again after a crash). A record that went past the aligner (a dead
+   letter, a rerouted or skipped record) is acked only once no earlier record of its
    topic-partition is held there. No other ack of an input record reaches the consumer
    (:class:`~metering.stream.acks.AckGate`: Faust's pure-Python stream acks records it
-   skips as stale after a rebalance).
+   skips as stale after a rebalance), and Faust's offset gaps on the input topics are
+   only the real ones (:class:`~metering.stream.acks.DeliveryGuard`: a record fetched
+   twice in one generation is handled once).
 
 Why a crash between any two steps neither loses nor double-counts (a "step" below is
 everything one commit covers):
@@ -142,10 +142,9 @@ from metering.kafka.topics import INPUT_TOPICS, TopicSpec, ensure_topics, topic_
 from metering.storage.client import StorageError, StorageUnavailable, connect
 from metering.storage.schema import migrate, set_retention
 from metering.storage.sink import ClickHouseSink, SinkUnavailable
-from metering.stream.acks import AckGate
+from metering.stream.acks import AckGate, DeliveryGuard
 from metering.stream.diagnostics import (
     StallWatch,
-    commit_task_alive,
     consumer_thread_tasks,
     main_loop_tasks,
     partition_report,
@@ -182,9 +181,6 @@ many batch windows."""
 RELEASE_INTERVAL_S = 0.1
 """How often the processor looks for work without being woken (aligned events whose wait
 ended, restored checkpoints' pending output)."""
-COMMIT_EVERY_S = 3.0
-"""How often the worker has Faust commit the acked offsets itself (besides after every
-step), so commits go on even if Faust's own commit task has ended."""
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 
@@ -382,7 +378,6 @@ class StreamRuntime:
         self._uncommitted_restored = False
         #: committed records whose ack waits for an earlier record held by the aligner
         self._deferred_acks: list[EventT[Any]] = []
-        self._commit_task_gone = False
         self._room: asyncio.Event | None = None
         #: state: set once the first recovery completed; False while rebalancing
         self.consuming = False
@@ -398,6 +393,8 @@ class StreamRuntime:
         )
         #: only the processor acks input records (see metering.stream.acks)
         self.acks = AckGate(INPUT_TOPICS, self.metrics.stale_acks.inc)
+        #: each input offset once per generation; real offset gaps only
+        self.deliveries = DeliveryGuard(INPUT_TOPICS)
         #: what the processor is doing, and since when (monotonic); for GET /partitions
         self.phase: tuple[str, float] = ("idle", time.monotonic())
         self.metrics.sink_up.set(1 if client is not None else 0)
@@ -633,18 +630,6 @@ class StreamRuntime:
                 if end is not None:
                     self.metrics.input_end_offset.labels(tp.topic, str(tp.partition)).set(end)
 
-    def check_commit_task(self) -> None:
-        """Log (once) when Faust's periodic commit task has ended: the worker's own
-        commits (:meth:`commit_offsets`) keep the offsets moving."""
-        alive = commit_task_alive(self.app.consumer)
-        if alive is False and not self._commit_task_gone:
-            self._commit_task_gone = True
-            log.warning(
-                "Faust's offset-commit task has ended (a commit was cancelled inside the "
-                "consumer); the worker commits offsets itself every %.0f s",
-                COMMIT_EVERY_S,
-            )
-
     def check_stalls(self) -> None:
         """Log input partitions that stopped committing (:class:`StallWatch`)."""
         if self.consuming:
@@ -691,11 +676,16 @@ class StreamRuntime:
         assignment = app.consumer.assignment()
         generation = app.consumer_generation_id
         admitted: list[tuple[Record, Any]] = []
+        guard = self.deliveries
         for e in events:
             msg = e.message
             msg.incref()
             if msg.tp not in assignment or msg.generation_id not in (None, generation):
                 continue  # stale: never acked
+            committed = self._committed(msg.topic, msg.partition)
+            if not await guard.admit(msg.tp, msg.offset, committed, msg.generation_id):
+                self.metrics.redelivered.labels(msg.topic).inc()
+                continue  # fetched twice in this generation: the first copy is handled
             ts = msg.timestamp
             rec = Record(
                 msg.topic,
@@ -830,11 +820,9 @@ class StreamRuntime:
         return ready, later
 
     async def commit_offsets(self) -> None:
-        """Have Faust commit the acked offsets now, after each step, rather than only on
-        its own timer: a CancelledError raised inside the consumer thread (a commit cut
-        short by a rebalance) ends Faust's commit task for good, without an error, and
-        the worker would then never commit again. A failed commit is retried by the next
-        step (the offsets stay acked)."""
+        """Have Faust commit the acked offsets now (after each step) rather than only on
+        its own timer. A failed commit is retried by Faust's timer or the next step (the
+        offsets stay acked)."""
         try:
             with self._phase("commit offsets"):
                 await self.app.consumer.commit()
@@ -889,6 +877,7 @@ class StreamRuntime:
     async def on_assigned(self, assigned: set[TP]) -> None:
         # before any record of this generation: a stale one exists only after a rebalance
         self.acks.install(self.app.consumer)
+        self.deliveries.install(self.app.consumer)
         async with self.lock:
             self.generation += 1
             self.owned = {tp.partition for tp in assigned if tp.topic in INPUT_TOPICS}
@@ -1011,13 +1000,6 @@ def create_app(settings: WorkerSettings, *, client: Any = None) -> faust.App:
             await rt.close_idle()
 
         app.timer(interval=settings.idle_check_s, name="metering.stream.idle_check")(idle_check)
-
-    async def commit_offsets() -> None:
-        if rt.consuming:
-            rt.check_commit_task()
-            await rt.commit_offsets()
-
-    app.timer(interval=COMMIT_EVERY_S, name="metering.stream.commit_offsets")(commit_offsets)
 
     async def end_offsets() -> None:
         rt.refresh_end_offsets()

@@ -209,6 +209,12 @@ class WorkerMetrics:
         self.rebalances = Counter(
             "metering_rebalances", "Partition assignments received", registry=r
         )
+        self.redelivered = Counter(
+            "metering_records_redelivered",
+            "Input records the consumer delivered twice in one rebalance generation (handled once)",
+            ["topic"],
+            registry=r,
+        )
         self.offset_commit_failures = Counter(
             "metering_offset_commit_failures",
             "Offset commits that failed or were cancelled (the next step retries)",
