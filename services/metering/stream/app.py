@@ -677,6 +677,7 @@ class StreamRuntime:
         generation = app.consumer_generation_id
         admitted: list[tuple[Record, Any]] = []
         guard = self.deliveries
+        again = 0
         for e in events:
             msg = e.message
             msg.incref()
@@ -685,6 +686,7 @@ class StreamRuntime:
             committed = self._committed(msg.topic, msg.partition)
             if not await guard.admit(msg.tp, msg.offset, committed, msg.generation_id):
                 self.metrics.redelivered.labels(msg.topic).inc()
+                again += 1
                 continue  # fetched twice in this generation: the first copy is handled
             ts = msg.timestamp
             rec = Record(
@@ -696,6 +698,8 @@ class StreamRuntime:
                 None if ts is None else int(ts * 1000),
             )
             admitted.append((rec, e))
+        if again:
+            log.info("%d records delivered a second time in this generation, handled once", again)
         if admitted:
             self.pipeline.admit(admitted)
             if self.pipeline.admitted_since_step >= self.settings.batch_size:
