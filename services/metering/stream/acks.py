@@ -22,6 +22,16 @@ a record at or below the last admitted offset is a re-delivery (dropped; the fir
 is handled), and a jump past the next offset is a real gap, noted without the record
 that ends it.
 
+Partitions without a committed offset
+-------------------------------------
+Faust's "seek to the committed offsets" after recovery does not move a partition that
+has none (aiokafka seeks only to a committed offset above 0). Records such a partition
+delivered while Faust was still recovering are dropped by Faust, and the consumer's
+position stays after them: the partition then waits, never committing, until a restart
+(seen with ``rocksdb://`` on the dev broker: nothing committed in 120 s, the consumer's
+position at the end of every input partition). :meth:`DeliveryGuard.install` makes that
+seek rewind such input partitions to their beginning.
+
 Acks of skipped records
 -----------------------
 Faust's stream acks a record it *skips*: one fetched before the latest rebalance
@@ -39,9 +49,10 @@ unacked, so the committed offset cannot pass it until it was applied.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from faust.transport.drivers.aiokafka import ensure_aiokafka_TP
 from faust.types import TP
 
 __all__ = ["AckGate", "DeliveryGuard"]
@@ -92,13 +103,17 @@ class DeliveryGuard:
     def __init__(self, topics: Iterable[str]) -> None:
         self.topics = frozenset(topics)
         self.redelivered = 0
+        #: input partitions sent back to their beginning by the seek after recovery
+        self.rewound = 0
         self._last: dict[TP, tuple[int | None, int]] = {}
         self._add_gap: Callable[[TP, int, int], Awaitable[None]] | None = None
         self._installed: set[int] = set()
 
     def install(self, consumer: Any) -> None:
         """Wrap ``consumer._add_gap`` (idempotent per consumer): calls for input topics
-        are ignored, :meth:`admit` notes their gaps itself."""
+        are ignored, :meth:`admit` notes their gaps itself; and
+        ``consumer.seek_to_committed``: input partitions without a committed offset (or
+        at 0) are sent back to their beginning."""
         if id(consumer) in self._installed:
             return
         original: Callable[[TP, int, int], Awaitable[None]] = consumer._add_gap
@@ -110,6 +125,19 @@ class DeliveryGuard:
 
         consumer._add_gap = add_gap
         self._add_gap = original
+
+        seek_to_committed: Callable[[], Awaitable[Mapping[TP, int | None]]]
+        seek_to_committed = consumer.seek_to_committed
+
+        async def seek_and_rewind() -> Mapping[TP, int | None]:
+            committed = await seek_to_committed()
+            rewind = [tp for tp, offset in committed.items() if tp.topic in topics and not offset]
+            if rewind:
+                await consumer._thread.seek_to_beginning(*(ensure_aiokafka_TP(tp) for tp in rewind))
+                self.rewound += len(rewind)
+            return committed
+
+        consumer.seek_to_committed = seek_and_rewind
         self._installed.add(id(consumer))
 
     async def admit(

@@ -230,6 +230,8 @@ def partition_report(rt: StreamRuntime) -> dict[str, Any]:
         "uncommitted": uncommitted,
         "flow_active": _get(consumer, "flow_active"),
         "stale_acks_refused": rt.acks.refused,
+        "redelivered": rt.deliveries.redelivered,
+        "rewound": rt.deliveries.rewound,
         "commit": commit_report(consumer),
         "partitions": partitions,
     }
