@@ -684,7 +684,7 @@ class StreamRuntime:
             if msg.tp not in assignment or msg.generation_id not in (None, generation):
                 continue  # stale: never acked
             committed = self._committed(msg.topic, msg.partition)
-            if not await guard.admit(msg.tp, msg.offset, committed, msg.generation_id):
+            if not guard.admit(msg.tp, msg.offset, committed, msg.generation_id):
                 self.metrics.redelivered.labels(msg.topic).inc()
                 again += 1
                 continue  # fetched twice in this generation: the first copy is handled
