@@ -20,8 +20,8 @@ still in flight, and a crash then would lose them.
 admits each offset once per partition and rebalance generation (a second copy is
 dropped; the first is handled). It notes no gaps at all: a jump in the offsets it sees
 cannot be told from records Faust dropped and reads again later (noting such a jump as
-a gap let a commit pass records never applied: one Interaction was missing from a
-statement in a SIGKILL test). The cost: where the broker really has no record (a
+a gap let a commit pass records never applied, which can explain one Interaction
+missing from a statement in a SIGKILL test). The cost: where the broker really has no record (a
 compacted ``cpaas.accounts``, transaction markers), the partition's committed offset
 stops before the hole; nothing is lost, the records after it are read again after a
 restart and skipped as applied.
