@@ -54,9 +54,9 @@ backlog is caught up: at ``batch_size``, or 10 windows). In this order:
    letter, a rerouted or skipped record) is acked only once no earlier record of its
    topic-partition is held there. No other ack of an input record reaches the consumer
    (:class:`~metering.stream.acks.AckGate`: Faust's pure-Python stream acks records it
-   skips as stale after a rebalance), and Faust's offset gaps on the input topics are
-   only the real ones (:class:`~metering.stream.acks.DeliveryGuard`: a record fetched
-   twice in one generation is handled once).
+   skips as stale after a rebalance), and Faust takes no offset gaps on the input
+   topics (:class:`~metering.stream.acks.DeliveryGuard`: a record fetched twice in one
+   generation is handled once).
 
 Why a crash between any two steps neither loses nor double-counts (a "step" below is
 everything one commit covers):
