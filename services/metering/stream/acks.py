@@ -141,6 +141,12 @@ class DeliveryGuard:
         consumer.seek_to_committed = seek_and_rewind
         self._installed.add(id(consumer))
 
+    def reset(self) -> None:
+        """Forget every admitted offset: called on each revocation and assignment, because
+        the consumer reads again from the committed offsets then, and a group can rejoin
+        with the same generation id (the dev broker does)."""
+        self._seen.clear()
+
     def admit(self, tp: TP, offset: int, committed: int | None, generation: int | None) -> bool:
         """Whether to handle the record at ``offset`` fetched in rebalance ``generation``
         (False: this offset was already admitted in the generation). Offsets below

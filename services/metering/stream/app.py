@@ -870,6 +870,7 @@ class StreamRuntime:
             self._deferred_acks = [
                 t for t in self._deferred_acks if t.message.partition not in parts
             ]
+            self.deliveries.reset()
             self.generation += 1
             self.consuming = False
             self.metrics.ready.set(0)
@@ -882,6 +883,7 @@ class StreamRuntime:
         # before any record of this generation: a stale one exists only after a rebalance
         self.acks.install(self.app.consumer)
         self.deliveries.install(self.app.consumer)
+        self.deliveries.reset()
         async with self.lock:
             self.generation += 1
             self.owned = {tp.partition for tp in assigned if tp.topic in INPUT_TOPICS}
