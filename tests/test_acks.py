@@ -185,3 +185,18 @@ def test_delivery_guard_admits_each_offset_once_per_generation_and_notes_no_gaps
     assert guard.admit(voice, 15, 10, 2)
     assert not consumer._gap.get(voice)  # a jump (10 -> 14) is never taken for a gap
     assert sorted((iv.begin, iv.end - 1) for iv in consumer._gap[other]) == [(3, 5)]
+
+
+def test_delivery_guard_forgets_offsets_below_the_committed_one_in_bulk() -> None:
+    from faust.types import TP
+
+    from metering.stream.acks import PRUNE_AT, DeliveryGuard
+
+    guard = DeliveryGuard(["cpaas.voice"])
+    tp = TP("cpaas.voice", 0)
+    for offset in range(PRUNE_AT + 1):
+        assert guard.admit(tp, offset, 4000, 1)
+    # pruned once past PRUNE_AT: below the committed offset forgotten, the rest kept
+    assert guard.admit(tp, 10, 4000, 1)
+    assert not guard.admit(tp, 4050, 4000, 1)
+    assert guard._prune_at[tp] == PRUNE_AT  # 97 kept: the next scan waits for PRUNE_AT

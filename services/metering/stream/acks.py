@@ -99,6 +99,10 @@ class AckGate:
             self._open = False
 
 
+PRUNE_AT = 4096
+"""Admitted offsets of a partition kept before those below the committed offset go."""
+
+
 class DeliveryGuard:
     """Admits each offset of an input topic-partition once per rebalance generation and
     keeps Faust's gap-taking off the input topics (:meth:`install`)."""
@@ -109,6 +113,8 @@ class DeliveryGuard:
         #: input partitions sent back to their beginning by the seek after recovery
         self.rewound = 0
         self._seen: dict[TP, tuple[int | None, set[int]]] = {}
+        #: per partition, the size of its admitted set at which it is pruned next
+        self._prune_at: dict[TP, int] = {}
         self._installed: set[int] = set()
 
     def install(self, consumer: Any) -> None:
@@ -146,6 +152,7 @@ class DeliveryGuard:
         the consumer reads again from the committed offsets then, and a group can rejoin
         with the same generation id (the dev broker does)."""
         self._seen.clear()
+        self._prune_at.clear()
 
     def admit(self, tp: TP, offset: int, committed: int | None, generation: int | None) -> bool:
         """Whether to handle the record at ``offset`` fetched in rebalance ``generation``
@@ -159,6 +166,9 @@ class DeliveryGuard:
             self.redelivered += 1
             return False
         offsets.add(offset)
-        if committed and len(offsets) > 4096:
+        if committed and len(offsets) > self._prune_at.get(tp, PRUNE_AT):
             offsets.difference_update([o for o in offsets if o < committed])
+            # while the committed offset stands still, scan again only once the set
+            # doubled: pruning stays amortised O(1) per record
+            self._prune_at[tp] = max(PRUNE_AT, 2 * len(offsets))
         return True

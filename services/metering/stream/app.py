@@ -864,9 +864,11 @@ class StreamRuntime:
             # Commit what was processed: the sink holds its facts, and they must not be
             # flushed later without the checkpoint that covers them.
             await self._commit_uncommitted()
-            # (_commit_uncommitted committed the acked offsets while the partitions are
-            # still ours: fewer records to skip again after the rebalance.) Acks still
-            # waiting for a held record are dropped with it: both are read again.
+            # commit the acked offsets while the partitions are still ours (fewer records
+            # to skip again after the rebalance; a no-op when the step above just did,
+            # and correctness does not depend on it)
+            await self.commit_offsets()
+            # acks still waiting for a held record are dropped with it: both are read again
             self._deferred_acks = [
                 t for t in self._deferred_acks if t.message.partition not in parts
             ]
