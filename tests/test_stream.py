@@ -618,6 +618,53 @@ def test_restore_skips_applied_records_by_offset_and_redoes_pending_output(
             ), (account, cycle)
 
 
+def test_checkpoint_floor_waits_for_records_received_out_of_offset_order(
+    sim_log: SimLog,
+) -> None:
+    """Records of a partition arriving below offsets already received (the consumer
+    seeking back) are counted, and until they are applied the checkpoints of that
+    partition's accounts keep their offset floor below them: a restore must not skip
+    them as applied."""
+    from metering.engine.accounts import load_accounts
+    from metering.engine.engine import Engine
+    from metering.stream.metrics import WorkerMetrics
+    from metering.stream.pipeline import Pipeline, Work
+
+    accounts = load_accounts(sim_log.accounts)
+    records = _records(sim_log.lines)
+    voice = [r for r, _ in records if r.topic == "cpaas.voice" and r.key]
+    tp = ("cpaas.voice", voice[0].partition)
+    late = [(r, t) for r, t in records if (r.topic, r.partition) == tp][:20]
+    early = [(r, t) for r, t in records if (r, t) not in late]
+    account = late[0][0].key.decode()  # type: ignore[union-attr]
+    ends: dict[tuple[str, int], int] = {}
+    for rec, _ in records:
+        ends[(rec.topic, rec.partition)] = rec.offset + 1
+
+    def hw(t: str, p: int) -> int | None:
+        return ends.get((t, p), 0)
+
+    def no_commit(t: str, p: int) -> int | None:
+        return None
+
+    pl = Pipeline(Engine(None, accounts), _ListSink(), WorkerMetrics(),
+                  partitions=PARTITIONS, yaml_accounts=accounts)  # fmt: skip
+    pl.admit(early)
+    pl.step(hw, no_commit, force=True)
+    ((_, blob),) = pl.checkpoints(Work(accounts=[account]))
+    assert decode_checkpoint(blob).positions["cpaas.voice"] == ends[tp]  # in order so far
+
+    pl.admit(late)  # offsets 0..19 after offsets up to the end: a seek back
+    text = pl.metrics.render().decode()
+    assert metric_sum(text, "metering_records_out_of_order_total") == len(late)
+    ((_, blob),) = pl.checkpoints(Work(accounts=[account]))
+    assert decode_checkpoint(blob).positions["cpaas.voice"] == 0  # held: not applied yet
+
+    pl.step(hw, no_commit, force=True)
+    ((_, blob),) = pl.checkpoints(Work(accounts=[account]))
+    assert decode_checkpoint(blob).positions["cpaas.voice"] == ends[tp]
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

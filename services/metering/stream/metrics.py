@@ -215,6 +215,14 @@ class WorkerMetrics:
             ["topic"],
             registry=r,
         )
+        self.out_of_order = Counter(
+            "metering_records_out_of_order",
+            "Input records received below an offset already received from their partition "
+            "in this assignment (a consumer seek back); checkpoints then keep their "
+            "offset floor below such records until they are applied",
+            ["topic"],
+            registry=r,
+        )
         self.offset_commit_failures = Counter(
             "metering_offset_commit_failures",
             "Offset commits that failed or were cancelled (the next step retries)",

@@ -205,6 +205,12 @@ class Aligner:
         q = self._queues.get(partition, {}).get(topic)
         return q[0].record.offset if q else None
 
+    def min_held(self, topic: str, partition: int) -> int | None:
+        """The lowest offset of (topic, partition) held (None: none). Equals
+        :meth:`lowest_held` when its records arrived in offset order; O(held) otherwise."""
+        q = self._queues.get(partition, {}).get(topic)
+        return min(h.record.offset for h in q) if q else None
+
     def blocked_for(self, partition: int) -> float | None:
         """Seconds ``partition`` has been blocked by a lagging topic (None: not blocked)."""
         since = self._blocked_since.get(partition)
@@ -308,11 +314,15 @@ class Checkpoint(msgspec.Struct, kw_only=True):
       publishes them again, so the engine state never falls behind what ClickHouse and the
       output topics have seen (see :mod:`metering.stream.app`);
     * ``positions``: per input topic, the offset of the account's partition below which
-      every record was applied. Records are released from each topic-partition in offset
-      order, so a re-delivered record of this account below that offset is already in
-      ``state`` and is skipped. (The engine's dedupe set would catch most of them, but
-      only within the dedupe horizon of *event* time, and a backlog can hold days of
-      event time between two offset commits.)
+      every record was applied. Records are released from each topic-partition in the
+      order they arrive, so a re-delivered record of this account below that offset is
+      already in ``state`` and is skipped. (The engine's dedupe set would catch most of
+      them, but only within the dedupe horizon of *event* time, and a backlog can hold
+      days of event time between two offset commits.) If a partition's records arrive
+      out of offset order (the consumer seeks back), the floor is capped by the lowest
+      offset still held; records not received yet cannot be known, so a floor written
+      before the seek back can still pass them (counted by
+      ``metering_records_out_of_order_total``; docs/runbook.md, Known defects).
     """
 
     state: AccountState
@@ -409,8 +419,11 @@ class Pipeline:
         self._restored: dict[str, list[tuple[str, bytes]]] = {}
         #: account -> topic -> offset below which its records are in its restored state
         self.floors: dict[str, dict[str, int]] = {}
-        #: (topic, partition) -> offset below which every record was released/applied
+        #: (topic, partition) -> the offset after the highest record released/applied
         self.released: dict[tuple[str, int], int] = {}
+        #: (topic, partition) that received a record below one received before, since
+        #: their assignment: their checkpoint floor is capped by the records held
+        self.disordered: set[tuple[str, int]] = set()
         #: accounts the engine holds (restored or created here)
         self.loaded: set[str] = set()
         #: account -> configuration from its last account.configured event
@@ -475,6 +488,7 @@ class Pipeline:
         self.aligner.forget(partitions)
         for key in [k for k in self.released if k[1] in partitions]:
             del self.released[key]
+        self.disordered = {k for k in self.disordered if k[1] not in partitions}
         self._passed = [(r, t) for r, t in self._passed if r.partition not in partitions]
         self._dead = [d for d in self._dead if d[2] not in partitions]
         self._reroute = [(p, o) for p, o in self._reroute if p not in partitions]
@@ -491,6 +505,10 @@ class Pipeline:
             positions = dict(self.floors.get(account, {}))
             for topic in INPUT_TOPICS:
                 pos = self.released.get((topic, p))
+                if pos is not None and (topic, p) in self.disordered:
+                    low = self.aligner.min_held(topic, p)
+                    if low is not None and low < pos:
+                        pos = low
                 if pos is not None and pos > positions.get(topic, -1):
                     positions[topic] = pos
             cp = Checkpoint(
@@ -526,6 +544,9 @@ class Pipeline:
         started = time.perf_counter()
         for rec, token in records:
             topic = rec.topic
+            received = aligner.next_offset(topic, rec.partition)
+            if received is not None and rec.offset < received:
+                self._out_of_order(rec, received)
             aligner.note(topic, rec.partition, rec.offset)
             if rec.value is None:  # a compaction tombstone on cpaas.accounts: not an event
                 self._passed.append((rec, token))
@@ -550,6 +571,24 @@ class Pipeline:
                 continue
             aligner.add(Held(to_ms(ev.time), rec, ev, token))
         m.step_seconds.labels("decode").observe(time.perf_counter() - started)
+
+    def _out_of_order(self, rec: Record, received: int) -> None:
+        """A record below an offset already received from its partition: the consumer
+        went back (a seek after a rebalance). The floors of later checkpoints assume
+        records are applied in offset order; from now on they stay below the lowest
+        record of the partition still held (see :meth:`checkpoints`)."""
+        key = (rec.topic, rec.partition)
+        self.metrics.out_of_order.labels(rec.topic).inc()
+        if key not in self.disordered:
+            self.disordered.add(key)
+            log.warning(
+                "%s[%d]: offset %d received after offsets up to %d; checkpoint floors of "
+                "this partition now wait for the records held",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                received - 1,
+            )
 
     @property
     def backlog(self) -> int:
