@@ -224,7 +224,7 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--accounts", type=int, default=8)
     ap.add_argument("--days", type=float, default=3)
-    ap.add_argument("--batch-size", type=int, default=10_000, help="worker --batch-size")
+    ap.add_argument("--batch-size", type=int, default=50_000, help="worker --batch-size")
     ap.add_argument("--batch-window", type=float, default=1.0, help="worker --batch-window")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--rate", type=float, default=200.0, help="latency run: events/s")

@@ -430,10 +430,17 @@ class Pipeline:
         self.event_configs: dict[str, AccountData] = {}
         #: account -> monotonic time its last event was processed
         self.last_seen: dict[str, float] = {}
+        self._owners: dict[str, int] = {}
+        #: (topic, type, verdict) -> its child of ``metrics.events`` (bounded labels)
+        self._event_counters: dict[tuple[str, str, str], Any] = {}
 
     # ------------------------------------------------------------------ state
     def owner_partition(self, account: str) -> int:
-        return partition_for(account, self.partitions)
+        """The input partition of ``account`` (memoised: murmur2 is pure Python)."""
+        p = self._owners.get(account)
+        if p is None:
+            p = self._owners[account] = partition_for(account, self.partitions)
+        return p
 
     def restore(self, account: str, blob: bytes) -> None:
         """Adopt a checkpoint (after recovery, or lazily on the account's first record)."""
@@ -475,6 +482,7 @@ class Pipeline:
             self.loaded.discard(account)
             self.event_configs.pop(account, None)
             self.last_seen.pop(account, None)
+            self._owners.pop(account, None)
             self._restored.pop(account, None)
             self.floors.pop(account, None)
         self.metrics.forget_accounts(gone)
@@ -639,7 +647,11 @@ class Pipeline:
             self.ensure_loaded(account)
             verdict = process(ev, rec.value or b"", topic)
             etype = event_type(ev)
-            m.events.labels(topic, etype, verdict).inc()
+            counter = self._event_counters.get((topic, etype, verdict))
+            if counter is None:
+                counter = m.events.labels(topic, etype, verdict)
+                self._event_counters[(topic, etype, verdict)] = counter
+            counter.inc()
             if verdict == "duplicate":
                 m.duplicates.labels(topic).inc()
             elif (

@@ -53,7 +53,7 @@ Environment variables
     multi-record batches), and short group timeouts (session 6 s, heartbeat 1 s,
     rebalance 10 s; Tansu group joins are slow with the defaults).
 ``METERING_BATCH_SIZE``
-    Records per commit (flag ``--batch-size``; default 10000): a commit (checkpoint,
+    Records per commit (flag ``--batch-size``; default 50000): a commit (checkpoint,
     ClickHouse flush, output events, offsets) runs once this many records are processed
     and uncommitted. Each commit has a fixed cost (the flush above all), so big commits
     make a backlog go faster; the batch window bounds the latency of steady traffic.
@@ -126,7 +126,7 @@ class WorkerSettings:
     web_host: str = "127.0.0.1"
     web_bind: str = "0.0.0.0"
     profile: Profile = "embedded"
-    batch_size: int = 10_000
+    batch_size: int = 50_000
     batch_window_s: float = 1.0
     allowed_lateness_s: float = 900.0
     dedupe_horizon_s: float = 86_400.0
@@ -337,7 +337,7 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=int,
         metavar="N",
-        help="records per commit (default: $METERING_BATCH_SIZE or 10000)",
+        help="records per commit (default: $METERING_BATCH_SIZE or 50000)",
     )
     p.add_argument(
         "--batch-window",
