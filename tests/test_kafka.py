@@ -669,6 +669,13 @@ def test_compose_services_and_wiring() -> None:
     assert set(worker["depends_on"]) >= {"kafka", "clickhouse"}
     web_port = opts["--web-port"]
     assert f"127.0.0.1:{web_port}:{web_port}" in worker["ports"]
+    # Apache Kafka here: the production profile, state on the worker's named volume
+    from metering.stream.settings import WorkerSettings
+
+    settings = WorkerSettings.from_env(worker["environment"])
+    assert settings.profile == "production" and not settings.embedded
+    data_mount = next(v for v in worker["volumes"] if v.startswith("worker-data:"))
+    assert settings.data_dir.startswith(data_mount.split(":")[1] + "/")
     config_mount = next(v for v in worker["volumes"] if v.endswith(":/config:ro"))
     assert opts["--accounts"].startswith("/config/")
     accounts_file = ROOT / config_mount.split(":")[0] / opts["--accounts"].removeprefix("/config/")
