@@ -42,6 +42,7 @@ import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -213,6 +214,51 @@ async def latency_run(
     return sorted(seen[k] - sent_at[k] for k in seen)
 
 
+def worker_statements(url: str, lines: list[bytes]) -> dict[str, Any]:
+    """Every statement the worker serves for the accounts and months of ``lines`` (a
+    month either side of the events' range: cycles follow each account's time zone)."""
+    accounts: set[str] = set()
+    lo, hi = "9999-12", "0000-01"
+    for line in lines:
+        try:
+            ev = orjson.loads(line)
+            account, when = str(ev["subject"]), str(ev["time"])[:7]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue  # the log's malformed lines
+        accounts.add(account)
+        lo, hi = min(lo, when), max(hi, when)
+    y, m = int(lo[:4]), int(lo[5:7]) - 1
+    months: list[str] = []
+    while True:
+        if m == 0:
+            y, m = y - 1, 12
+        months.append(f"{y:04d}-{m:02d}")
+        if months[-1] > hi:
+            break
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    out: dict[str, Any] = {}
+    for account in sorted(accounts):
+        for cycle in months:
+            status, body = http(f"{url}/statements/{account}/{cycle}")
+            if status == 200:
+                out[f"{account}/{cycle}"] = orjson.loads(body)
+    return out
+
+
+def compare_statements(worker: dict[str, Any], replay_db: Path) -> list[str]:
+    """Keys whose statement differs between the worker and ``metering replay``'s chDB."""
+    from metering.storage.client import connect
+    from metering.storage.reader import list_statements, read_statement
+
+    client = connect(db_dir=str(replay_db), url=None)
+    try:
+        replay = {f"{a}/{c}": read_statement(client, a, c) for a, c in list_statements(client)}
+    finally:
+        client.close()
+    keys = sorted(worker.keys() | replay.keys())
+    return [k for k in keys if worker.get(k) != replay.get(k)]
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -281,6 +327,7 @@ def main() -> int:
                     raise SystemExit(f"worker died:\n{log.read_text()[-3000:]}")
                 time.sleep(0.25)
             worker_s = time.perf_counter() - healthy
+            statements = worker_statements(url, lines)
             _, body = http(url + "/metrics")
             steps = step_times(body.decode())
             phases = sink_phases(body.decode())
@@ -339,6 +386,12 @@ def main() -> int:
         if replay_run.returncode == 0:
             say(f"metering replay (offline)     {replay_s:8.1f} s   {n / replay_s:10,.0f} "
                 "events/s (process start to end, chDB start included)")  # fmt: skip
+            differing = compare_statements(statements, tmp / "replay-db")
+            if differing:
+                say(f"STATEMENTS DIFFER from the replay's: {differing[:10]}")
+                return 1
+            say(f"statements: all {len(statements)} equal to the replay's (worker's read over "
+                "HTTP after the backlog)")  # fmt: skip
         else:
             say(f"replay failed: {replay_run.stderr[-500:]}")
     return 0
