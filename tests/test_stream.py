@@ -35,7 +35,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -562,13 +562,14 @@ def _records(lines: list[bytes]) -> list[tuple[Record, Any]]:
     return out
 
 
-def test_restore_skips_applied_records_by_offset_and_redoes_pending_output(
+Offsets = Callable[[str, int], int | None]
+
+
+def _offline(
     sim_log: SimLog,
-) -> None:
-    """Without a broker: a pipeline restored from checkpoints taken mid-log skips, by
-    offset, every re-delivered record its accounts already applied (even beyond the
-    dedupe horizon: the log spans 3 days), redoes the checkpoints' pending output, and
-    ends with the statements of an uninterrupted run."""
+) -> tuple[list[tuple[Record, Any]], Offsets, Offsets, Callable[..., Any]]:
+    """For pipeline tests without a broker: the log as records, its high watermarks, no
+    committed offsets, and a factory of pipelines (``lookup`` optional)."""
     from metering.engine.accounts import load_accounts
     from metering.engine.engine import Engine
     from metering.stream.metrics import WorkerMetrics
@@ -589,6 +590,18 @@ def test_restore_skips_applied_records_by_offset_and_redoes_pending_output(
     def pipeline(lookup: Any = None) -> Pipeline:
         return Pipeline(Engine(None, accounts), _ListSink(), WorkerMetrics(),
                         partitions=PARTITIONS, yaml_accounts=accounts, lookup=lookup)  # fmt: skip
+
+    return records, hw, no_commit, pipeline
+
+
+def test_restore_skips_applied_records_by_offset_and_redoes_pending_output(
+    sim_log: SimLog,
+) -> None:
+    """Without a broker: a pipeline restored from checkpoints taken mid-log skips, by
+    offset, every re-delivered record its accounts already applied (even beyond the
+    dedupe horizon: the log spans 3 days), redoes the checkpoints' pending output, and
+    ends with the statements of an uninterrupted run."""
+    records, hw, no_commit, pipeline = _offline(sim_log)
 
     # uninterrupted
     full = pipeline()
@@ -625,34 +638,20 @@ def test_checkpoint_floor_waits_for_records_received_out_of_offset_order(
     seeking back) are counted, and until they are applied the checkpoints of that
     partition's accounts keep their offset floor below them: a restore must not skip
     them as applied."""
-    from metering.engine.accounts import load_accounts
-    from metering.engine.engine import Engine
-    from metering.stream.metrics import WorkerMetrics
-    from metering.stream.pipeline import Pipeline, Work
+    from metering.stream.pipeline import Work
 
-    accounts = load_accounts(sim_log.accounts)
-    records = _records(sim_log.lines)
+    records, hw, no_commit, pipeline = _offline(sim_log)
     voice = [r for r, _ in records if r.topic == "cpaas.voice" and r.key]
     tp = ("cpaas.voice", voice[0].partition)
     late = [(r, t) for r, t in records if (r.topic, r.partition) == tp][:20]
     early = [(r, t) for r, t in records if (r, t) not in late]
     account = late[0][0].key.decode()  # type: ignore[union-attr]
-    ends: dict[tuple[str, int], int] = {}
-    for rec, _ in records:
-        ends[(rec.topic, rec.partition)] = rec.offset + 1
-
-    def hw(t: str, p: int) -> int | None:
-        return ends.get((t, p), 0)
-
-    def no_commit(t: str, p: int) -> int | None:
-        return None
-
-    pl = Pipeline(Engine(None, accounts), _ListSink(), WorkerMetrics(),
-                  partitions=PARTITIONS, yaml_accounts=accounts)  # fmt: skip
+    end = hw(*tp)
+    pl = pipeline()
     pl.admit(early)
     pl.step(hw, no_commit, force=True)
     ((_, blob),) = pl.checkpoints(Work(accounts=[account]))
-    assert decode_checkpoint(blob).positions["cpaas.voice"] == ends[tp]  # in order so far
+    assert decode_checkpoint(blob).positions["cpaas.voice"] == end  # in order so far
 
     pl.admit(late)  # offsets 0..19 after offsets up to the end: a seek back
     text = pl.metrics.render().decode()
@@ -662,7 +661,7 @@ def test_checkpoint_floor_waits_for_records_received_out_of_offset_order(
 
     pl.step(hw, no_commit, force=True)
     ((_, blob),) = pl.checkpoints(Work(accounts=[account]))
-    assert decode_checkpoint(blob).positions["cpaas.voice"] == ends[tp]
+    assert decode_checkpoint(blob).positions["cpaas.voice"] == end
 
 
 # ----------------------------------------------------------------------------- end to end
