@@ -18,8 +18,15 @@ from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import clickhouse_connect
+from clickhouse_connect.driver import options as _driver_options
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+# clickhouse-connect imports pandas (about a second) on the first insert, only to test
+# whether the data is a DataFrame. This service never passes one: run as if pandas were
+# not installed (the library's own state in that case).
+_driver_options.pd = None  # type: ignore[attr-defined]
+_driver_options.pd_time_test = None  # type: ignore[attr-defined]
 
 __all__ = [
     "Client",
