@@ -248,6 +248,8 @@ def start_worker(
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("METERING_", "KAFKA_"))}
     env.update(METERING_PROFILE=kafka.profile, METERING_STATE_STORE=store)
+    if os.environ.get("METERING_TRACE"):  # the offset trace (metering.stream.trace)
+        env["METERING_TRACE"] = os.environ["METERING_TRACE"]
     with log.open("ab") as out:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env

@@ -59,6 +59,8 @@ from typing import Any
 from faust.transport.drivers.aiokafka import ensure_aiokafka_TP
 from faust.types import TP
 
+from metering.stream.trace import trace
+
 __all__ = ["AckGate", "DeliveryGuard"]
 
 
@@ -142,6 +144,12 @@ class DeliveryGuard:
             if rewind:
                 await consumer._thread.seek_to_beginning(*(ensure_aiokafka_TP(tp) for tp in rewind))
                 self.rewound += len(rewind)
+            trace(
+                "seek committed=%s rewound=%s",
+                {f"{tp.topic}/{tp.partition}": o for tp, o in sorted(committed.items())
+                 if tp.topic in topics},
+                sorted(f"{tp.topic}/{tp.partition}" for tp in rewind),
+            )  # fmt: skip
             return committed
 
         consumer.seek_to_committed = seek_and_rewind

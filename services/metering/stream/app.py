@@ -152,6 +152,8 @@ from metering.stream.diagnostics import (
 from metering.stream.metrics import WorkerMetrics
 from metering.stream.pipeline import Outgoing, Pipeline, Record, Work
 from metering.stream.settings import WorkerSettings
+from metering.stream.trace import ENABLED as TRACING
+from metering.stream.trace import ranges, trace
 
 __all__ = [
     "APP_ID",
@@ -678,15 +680,21 @@ class StreamRuntime:
         admitted: list[tuple[Record, Any]] = []
         guard = self.deliveries
         again = 0
+        dropped: dict[tuple[str, int, str], list[int]] = {}
         for e in events:
             msg = e.message
             msg.incref()
             if msg.tp not in assignment or msg.generation_id not in (None, generation):
+                if TRACING:
+                    why = "not-assigned" if msg.tp not in assignment else "generation"
+                    dropped.setdefault((msg.topic, msg.partition, why), []).append(msg.offset)
                 continue  # stale: never acked
             committed = self._committed(msg.topic, msg.partition)
             if not guard.admit(msg.tp, msg.offset, committed, msg.generation_id):
                 self.metrics.redelivered.labels(msg.topic).inc()
                 again += 1
+                if TRACING:
+                    dropped.setdefault((msg.topic, msg.partition, "copy"), []).append(msg.offset)
                 continue  # fetched twice in this generation: the first copy is handled
             ts = msg.timestamp
             rec = Record(
@@ -700,6 +708,17 @@ class StreamRuntime:
             admitted.append((rec, e))
         if again:
             log.info("%d records delivered a second time in this generation, handled once", again)
+        if TRACING:
+            seen: dict[tuple[str, int], list[int]] = {}
+            for rec, _ in admitted:
+                seen.setdefault((rec.topic, rec.partition), []).append(rec.offset)
+            trace(
+                "batch gen=%s consuming=%s admitted=%s dropped=%s",
+                generation,
+                self.consuming,
+                {f"{t}/{p}": ranges(o) for (t, p), o in sorted(seen.items())},
+                {f"{t}/{p}:{w}": ranges(o) for (t, p, w), o in sorted(dropped.items())},
+            )
         if admitted:
             self.pipeline.admit(admitted)
             if self.pipeline.admitted_since_step >= self.settings.batch_size:
@@ -803,6 +822,20 @@ class StreamRuntime:
         ready, self._deferred_acks = self._ackable([*self._deferred_acks, *work.tokens])
         for token in ready:
             self._final_ack(token)
+        if TRACING:
+            acked: dict[str, list[int]] = {}
+            for token in ready:
+                m = token.message
+                acked.setdefault(f"{m.topic}/{m.partition}", []).append(m.offset)
+            later: dict[str, list[int]] = {}
+            for token in self._deferred_acks:
+                m = token.message
+                later.setdefault(f"{m.topic}/{m.partition}", []).append(m.offset)
+            trace(
+                "ack %s deferred=%s",
+                {k: ranges(v) for k, v in sorted(acked.items())},
+                {k: ranges(v) for k, v in sorted(later.items())},
+            )
         for topic, n in work.records_by_topic.items():
             self.metrics.records_consumed.labels(topic).inc(n)
         await self.commit_offsets()
@@ -830,6 +863,13 @@ class StreamRuntime:
         try:
             with self._phase("commit offsets"):
                 await self.app.consumer.commit()
+            if TRACING:
+                offsets = getattr(self.app.consumer, "_committed_offset", {})
+                trace(
+                    "committed %s",
+                    {f"{tp.topic}/{tp.partition}": o for tp, o in sorted(offsets.items())
+                     if tp.topic in INPUT_TOPICS},
+                )  # fmt: skip
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -877,6 +917,12 @@ class StreamRuntime:
             self.consuming = False
             self.metrics.ready.set(0)
             self.owned -= parts
+            if TRACING:
+                trace("forget partitions %s: held %s", sorted(parts), {
+                    f"{t}/{p}": ranges(h.record.offset for h in q)
+                    for p, qs in self.pipeline.aligner._queues.items() if p in parts
+                    for t, q in qs.items() if q
+                })  # fmt: skip
             gone = self.pipeline.forget_partitions(parts)
         if gone:
             log.info("revoked partitions %s: dropped %d accounts", sorted(parts), len(gone))

@@ -40,6 +40,8 @@ from metering.events.models import (
 from metering.events.outputs import cloudevent, deadletter_data, encode
 from metering.kafka.topics import INPUT_TOPICS
 from metering.stream.metrics import WorkerMetrics
+from metering.stream.trace import ENABLED as TRACING
+from metering.stream.trace import ranges, trace
 
 __all__ = [
     "DEADLETTER_TOPIC",
@@ -464,6 +466,10 @@ class Pipeline:
             self._restored[account] = cp.pending
         if cp.positions:
             self.floors[account] = dict(cp.positions)
+        trace(
+            "restore %s floors=%s pending=%d watermark=%d",
+            account, dict(cp.positions), len(cp.pending), cp.state.watermark,
+        )  # fmt: skip
         self.loaded.add(account)
         self.last_seen[account] = self._monotonic()
 
@@ -471,6 +477,7 @@ class Pipeline:
         if account in self.loaded:
             return
         blob = self.lookup(account) if self.lookup is not None else None
+        trace("lazy load %s: checkpoint %s", account, "found" if blob is not None else "none")
         if blob is not None:
             self.restore(account, blob)
         self.loaded.add(account)
@@ -526,6 +533,7 @@ class Pipeline:
                 pending=work.pending.get(account, []),
                 positions=positions,
             )
+            trace("checkpoint %s floors=%s pending=%d", account, positions, len(cp.pending))
             blob = encode_checkpoint(cp, self.compression)
             self.metrics.checkpoint_bytes.observe(len(blob))
             out.append((account, blob))
@@ -576,6 +584,8 @@ class Pipeline:
             floor = self.floors.get(account)
             if floor is not None and rec.offset < floor.get(topic, -1):
                 m.skipped.labels(topic).inc()  # re-delivered, already in the checkpoint
+                if TRACING:
+                    trace("skip %s/%d@%d %s", topic, rec.partition, rec.offset, account)
                 self._passed.append((rec, token))
                 continue
             aligner.add(Held(to_ms(ev.time), rec, ev, token))
@@ -632,6 +642,13 @@ class Pipeline:
         m = self.metrics
         work = Work()
         released = self.aligner.release(highwater, committed, force)
+        if TRACING and released:
+            by_tp: dict[str, list[int]] = {}
+            for h in released:
+                by_tp.setdefault(f"{h.record.topic}/{h.record.partition}", []).append(
+                    h.record.offset
+                )
+            trace("release %s", {k: ranges(v) for k, v in sorted(by_tp.items())})
         self._backlog_since = None if not self.aligner.held else self._monotonic()
         self.admitted_since_step = 0
         process = self.engine.process
