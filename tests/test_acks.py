@@ -115,36 +115,48 @@ def test_an_ack_waits_while_an_earlier_record_of_its_partition_is_held(tmp_path:
     assert rt._ackable(later) == ([dead], [])
 
 
+def _faust_consumer(name: str) -> Any:
+    import faust
+
+    app = faust.App(name, broker="kafka://127.0.0.1:1")
+    app.topics.acking_topics.add("cpaas.voice")
+    return app.consumer
+
+
+def _ack(consumer: Any, gate: Any, offsets: Any) -> None:
+    from faust.types.tuples import ConsumerMessage
+
+    for offset in offsets:
+        msg = ConsumerMessage("cpaas.voice", 0, offset, 0.0, 0, None, b"k", b"v", None)
+        msg.incref()
+        gate.release(msg, consumer)
+
+
 def test_fausts_fake_gap_no_longer_doubles_offsets() -> None:
     """After a rebalance Faust can take records it fetches twice (before and after its
     seek) for a gap. Merged into the acked offsets, the gap lists each offset twice and
-    Faust commits one offset per commit. With the guard installed, only the worker's
-    real gaps reach Faust: all acked offsets commit at once."""
-    import faust
+    Faust commits one offset per commit. With the guard installed, Faust's gaps stay off
+    the input topics: all acked offsets commit at once."""
     from faust.types import TP
-    from faust.types.tuples import ConsumerMessage
 
-    from metering.stream.acks import AckGate, DeliveryGuard
+    from metering.stream.acks import AckGate, Admit, DeliveryGuard
 
     def next_commit(guarded: bool) -> int | None:
-        app = faust.App("gaps-test", broker="kafka://127.0.0.1:1")
-        consumer: Any = app.consumer
-        app.topics.acking_topics.add("cpaas.voice")
+        consumer = _faust_consumer("gaps-test")
         tp = TP("cpaas.voice", 0)
         gate, guard = AckGate(["cpaas.voice"]), DeliveryGuard(["cpaas.voice"])
         if guarded:
             gate.install(consumer)
             guard.install(consumer)
+            guard.start({tp: 10})
         consumer._committed_offset[tp] = 10
 
         async def deliver() -> None:
             # what Faust's fetch loop does when a pre-seek record (20) follows the seek
             await consumer._add_gap(tp, 11, 20)
             for offset in range(10, 21):
-                assert guard.admit(tp, offset, 10, 1)
-                msg = ConsumerMessage("cpaas.voice", 0, offset, 0.0, 0, None, b"k", b"v", None)
-                msg.incref()
-                gate.release(msg, consumer)
+                assert not guarded or guard.admit(tp, offset, 0.0) is Admit.OK
+            _ack(consumer, gate, range(10, 21))
 
         asyncio.run(deliver())
         offset: int | None = consumer._new_offset(tp)
@@ -154,49 +166,81 @@ def test_fausts_fake_gap_no_longer_doubles_offsets() -> None:
     assert next_commit(guarded=True) == 21
 
 
-def test_delivery_guard_admits_each_offset_once_per_generation_and_notes_no_gaps() -> None:
-    import faust
+@pytest.mark.parametrize(
+    ("committed", "acked", "faust", "guarded"),
+    [
+        (10, range(11, 21), 21, None),  # the committed offset's record is not acked
+        (None, range(5, 10), 10, None),  # nothing committed: the head (0) is not acked
+        (10, range(10, 21), 21, 21),
+        (None, range(0, 10), 10, 10),
+    ],
+)
+def test_faust_commits_past_an_unacked_record_and_the_guard_does_not(
+    committed: int | None, acked: range, faust: int, guarded: int | None
+) -> None:
+    """Faust commits the first run of acked offsets when the committed offset's own
+    record is not acked (it checks ``min(acked) - committed > 1``) or when nothing was
+    committed: a record dropped on the way is passed. The guard commits only a run that
+    starts at the committed offset (the partition's head when none is committed)."""
     from faust.types import TP
 
-    from metering.stream.acks import DeliveryGuard
+    from metering.stream.acks import AckGate, DeliveryGuard
 
-    app = faust.App("guard-test", broker="kafka://127.0.0.1:1")
-    consumer: Any = app.consumer
-    guard = DeliveryGuard(["cpaas.voice"])
-    guard.install(consumer)
-    voice, other = TP("cpaas.voice", 0), TP("other", 0)
+    for guard_on, want in ((False, faust), (True, guarded)):
+        consumer = _faust_consumer("commit-test")
+        tp = TP("cpaas.voice", 0)
+        gate, guard = AckGate(["cpaas.voice"]), DeliveryGuard(["cpaas.voice"])
+        if guard_on:
+            gate.install(consumer)
+            guard.install(consumer)
+            guard.start({tp: committed or 0})
+        consumer._committed_offset[tp] = committed
+        _ack(consumer, gate, acked)
+        assert consumer._new_offset(tp) == want, (guard_on, committed)
 
-    async def main() -> None:
-        await consumer._add_gap(other, 3, 5)  # not an input topic: Faust's own gap stays
-        await consumer._add_gap(voice, 11, 20)  # an input topic: ignored
 
-    asyncio.run(main())
-    got = [
-        guard.admit(voice, 14, 10, 1),
-        guard.admit(voice, 15, 10, 1),
-        guard.admit(voice, 15, 10, 1),  # fetched again: handled once
-        guard.admit(voice, 10, 10, 1),  # dropped by Faust before, read again: handled
-        guard.admit(voice, 15, 10, 2),  # a new generation reads again
-    ]
-    assert got == [True, True, False, True, True]
-    assert guard.redelivered == 1
-    # a rejoin with the same generation id (the dev broker does that) reads again too
+def test_delivery_guard_frontier_and_seeks_back() -> None:
+    """Each offset is admitted once per generation, in any order. The frontier (lowest
+    offset from the committed one on not admitted) bounds checkpoint floors; records
+    past a missing one make the guard seek the partition back to it, at growing
+    intervals while it stays missing; Faust commits only up to the frontier's acked run."""
+    from faust.types import TP
+
+    from metering.stream.acks import HEAL_AFTER_S, HEAL_MAX_S, AckGate, Admit, DeliveryGuard
+
+    consumer = _faust_consumer("admit-test")
+    voice, other = TP("cpaas.voice", 0), TP("metering.other", 0)
+    gate, guard = AckGate(["cpaas.voice"]), DeliveryGuard(["cpaas.voice"])
+    gate.install(consumer)
+    assert guard.install(consumer) and not guard.install(consumer)
+    # Faust's read offsets no longer filter input records (they would drop re-read ones)
+    consumer._read_offset[voice] = 7
+    consumer._read_offset[other] = 7
+    assert consumer._read_offset[voice] is None and consumer._read_offset[other] == 7
+
+    # before the seek: from the lowest offset seen
+    assert [guard.admit(voice, o, 0.0) for o in (12, 13)] == [Admit.OK, Admit.OK]
+    assert guard.frontier(voice) == 12
+    guard.start({voice: 10})  # the seek: committed 10, so 10 and 11 are missing
+    assert guard.frontier(voice) == 10
+    assert [guard.admit(voice, o, 1.0) for o in (10, 12, 9)] == [
+        Admit.OK, Admit.COPY, Admit.COPY,
+    ]  # fmt: skip
+    assert guard.frontier(voice) == 11  # 11 is still missing
+    assert guard.to_heal(1.0 + HEAL_AFTER_S / 2) == []
+    t = 1.0 + HEAL_AFTER_S
+    assert guard.to_heal(t) == [(voice, 11)]  # seek back to 11
+    assert guard.to_heal(t + HEAL_AFTER_S) == []  # the next one waits twice as long
+    assert guard.to_heal(t + 2 * HEAL_AFTER_S) == [(voice, 11)]
+    consumer._committed_offset[voice] = 10
+    _ack(consumer, gate, [10, 12, 13])
+    assert consumer._new_offset(voice) == 11  # not past the missing 11
+    assert consumer._new_offset(voice) is None
+    assert guard.admit(voice, 11, 20.0) is Admit.OK  # read again: it comes
+    assert guard.frontier(voice) == 14
+    assert guard.to_heal(20.0 + HEAL_MAX_S) == []
+    consumer._committed_offset[voice] = 11
+    _ack(consumer, gate, [11])
+    assert consumer._new_offset(voice) == 14
     guard.reset()
-    assert guard.admit(voice, 15, 10, 2)
-    assert not consumer._gap.get(voice)  # a jump (10 -> 14) is never taken for a gap
-    assert sorted((iv.begin, iv.end - 1) for iv in consumer._gap[other]) == [(3, 5)]
-
-
-def test_delivery_guard_forgets_offsets_below_the_committed_one_in_bulk() -> None:
-    from faust.types import TP
-
-    from metering.stream.acks import PRUNE_AT, DeliveryGuard
-
-    guard = DeliveryGuard(["cpaas.voice"])
-    tp = TP("cpaas.voice", 0)
-    for offset in range(PRUNE_AT + 1):
-        assert guard.admit(tp, offset, 4000, 1)
-    # pruned once past PRUNE_AT: below the committed offset forgotten, the rest kept
-    assert guard.admit(tp, 10, 4000, 1)
-    assert not guard.admit(tp, 4050, 4000, 1)
-    assert guard._prune_at[tp] == PRUNE_AT  # 97 kept: the next scan waits for PRUNE_AT
+    assert guard.frontier(voice) is None

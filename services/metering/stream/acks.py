@@ -53,7 +53,11 @@ unacked, so the committed offset cannot pass it until it was applied.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from faust.transport.drivers.aiokafka import ensure_aiokafka_TP
@@ -61,7 +65,7 @@ from faust.types import TP
 
 from metering.stream.trace import trace
 
-__all__ = ["AckGate", "DeliveryGuard"]
+__all__ = ["AckGate", "Admit", "DeliveryGuard"]
 
 
 class AckGate:
@@ -101,33 +105,118 @@ class AckGate:
             self._open = False
 
 
+class _InputBlindOffsets(defaultdict[TP, int | None]):
+    """Faust's read offsets, reported as unknown for input topics: its fetch loop then
+    delivers every fetched input record (the guard drops copies itself)."""
+
+    topics: frozenset[str] = frozenset()
+
+    def __getitem__(self, tp: TP) -> int | None:
+        if tp.topic in self.topics:
+            return None
+        return super().__getitem__(tp)
+
+
+HEAL_AFTER_S = 2.0
+"""How long records past a missing offset wait before the partition is read again from
+that offset (doubling, up to :data:`HEAL_MAX_S`, while it stays missing)."""
+HEAL_MAX_S = 60.0
+
+
+@dataclass(slots=True)
+class _Partition:
+    """What the guard knows of one input partition in the current generation."""
+
+    #: offsets admitted in this generation (at or above ``frontier - 1`` once pruned)
+    admitted: set[int] = field(default_factory=set)
+    #: where reading started: the committed offset from the generation's seek (or the
+    #: partition's beginning when nothing was committed); before that seek, the lowest
+    #: offset admitted
+    head: int | None = None
+    #: ``head`` comes from the seek (not from the records seen so far)
+    fixed: bool = False
+    #: the lowest offset at or above ``head`` neither admitted nor a hole
+    frontier: int = 0
+    #: the highest offset admitted
+    top: int = -1
+    #: monotonic time since which records above ``frontier`` wait for it (None: none)
+    gap_since: float | None = None
+    #: seconds to wait before the next seek back (doubles while the gap stays)
+    backoff: float = HEAL_AFTER_S
+
+    def advance(self) -> None:
+        n = self.frontier
+        while n in self.admitted:
+            n += 1
+        self.frontier = n
+        if len(self.admitted) > 2 * PRUNE_AT:
+            self.admitted = {o for o in self.admitted if o >= n - 1}
+
+
 PRUNE_AT = 4096
-"""Admitted offsets of a partition kept before those below the committed offset go."""
+"""Admitted offsets of a partition kept, about, below which the set is pruned."""
+
+
+class Admit(Enum):
+    """What :meth:`DeliveryGuard.admit` decided for one record."""
+
+    OK = "ok"
+    COPY = "copy"  # admitted before in this generation, or below the committed offset
 
 
 class DeliveryGuard:
-    """Admits each offset of an input topic-partition once per rebalance generation and
-    keeps Faust's gap-taking off the input topics (:meth:`install`)."""
+    """Admits each offset of an input topic-partition once per rebalance generation,
+    tracks the *frontier* (the lowest offset, from the committed one on, not admitted
+    yet), and lets Faust commit only runs of acked offsets that start at the committed
+    offset (:meth:`install`).
+
+    Checkpoint floors stay below the frontier (:meth:`frontier`), so a record lost on the
+    way is never taken for applied; when records above the frontier waited for it, the
+    partition is sought back to the frontier (:meth:`to_heal`) and the record comes
+    again.
+    """
 
     def __init__(self, topics: Iterable[str]) -> None:
         self.topics = frozenset(topics)
+        #: records refused as copies (fetched again: below the frontier)
         self.redelivered = 0
         #: input partitions sent back to their beginning by the seek after recovery
         self.rewound = 0
-        self._seen: dict[TP, tuple[int | None, set[int]]] = {}
-        #: per partition, the size of its admitted set at which it is pruned next
-        self._prune_at: dict[TP, int] = {}
+        #: seeks back to a partition's frontier after a record past it
+        self.heals = 0
+        self._parts: dict[TP, _Partition] = {}
         self._installed: set[int] = set()
 
-    def install(self, consumer: Any) -> None:
-        """Wrap ``consumer._add_gap`` (idempotent per consumer): calls for input topics
-        are ignored; and
-        ``consumer.seek_to_committed``: input partitions without a committed offset (or
-        at 0) are sent back to their beginning."""
+    def install(self, consumer: Any) -> bool:
+        """Change, on ``consumer`` (idempotent per consumer; True when it changed it),
+        before its fetch loop starts (the loop reads the read offsets it started with):
+
+        * ``_read_offset``: reads as unknown for input topics, so Faust's fetch loop no
+          longer drops input records below its read offset. That offset moves on when a
+          record is put in the stream's queue; the queue is cleared when the flow resumes
+          after a rebalance, and a fetch loop still iterating records fetched before
+          Faust's seek moves it past the records the seek reads again: they were
+          dropped, and a later commit passed them (seen on the dev broker);
+        * ``_add_gap``: ignored for input topics (Faust takes records fetched before and
+          after its seek for a gap);
+        * ``seek_to_committed``: input partitions without a committed offset (or at 0)
+          are sent back to their beginning; each input partition's head is noted and
+          admission opens (:meth:`admit`);
+        * ``_new_offset`` (what Faust commits) for input topics: the run of acked offsets
+          starting exactly at the committed offset (the head when none is committed). Faust's own version commits the first run of acked offsets even
+          when the committed offset itself is not acked (it checks
+          ``min(acked) - committed > 1``, and nothing without a committed offset).
+        """
         if id(consumer) in self._installed:
-            return
-        original: Callable[[TP, int, int], Awaitable[None]] = consumer._add_gap
+            return False
         topics = self.topics
+        offsets = consumer._read_offset
+        if not isinstance(offsets, _InputBlindOffsets):
+            blind = _InputBlindOffsets(offsets.default_factory, offsets)
+            blind.topics = topics
+            consumer._read_offset = blind
+
+        original: Callable[[TP, int, int], Awaitable[None]] = consumer._add_gap
 
         async def add_gap(tp: TP, offset_from: int, offset_to: int) -> None:
             if tp.topic not in topics:
@@ -140,43 +229,124 @@ class DeliveryGuard:
 
         async def seek_and_rewind() -> Mapping[TP, int | None]:
             committed = await seek_to_committed()
-            rewind = [tp for tp, offset in committed.items() if tp.topic in topics and not offset]
+            mine = {tp: o for tp, o in committed.items() if tp.topic in topics}
+            rewind = [tp for tp, offset in mine.items() if not offset]
+            starts: Mapping[Any, int] = {}
             if rewind:
-                await consumer._thread.seek_to_beginning(*(ensure_aiokafka_TP(tp) for tp in rewind))
+                thread = consumer._thread
+                await thread.seek_to_beginning(*(ensure_aiokafka_TP(tp) for tp in rewind))
+                starts = await thread.earliest_offsets(*rewind)
                 self.rewound += len(rewind)
-            trace(
-                "seek committed=%s rewound=%s",
-                {f"{tp.topic}/{tp.partition}": o for tp, o in sorted(committed.items())
-                 if tp.topic in topics},
-                sorted(f"{tp.topic}/{tp.partition}" for tp in rewind),
-            )  # fmt: skip
+            self.start(
+                {tp: offset if offset else int(starts.get(tp) or 0) for tp, offset in mine.items()}
+            )
+            trace("seek rewound=%s", sorted(f"{tp.topic}/{tp.partition}" for tp in rewind))
             return committed
 
         consumer.seek_to_committed = seek_and_rewind
+
+        new_offset: Callable[[TP], int | None] = consumer._new_offset
+
+        def safe_new_offset(tp: TP) -> int | None:
+            if tp.topic not in topics:
+                return new_offset(tp)
+            return self._commit_offset(consumer, tp)
+
+        consumer._new_offset = safe_new_offset
         self._installed.add(id(consumer))
+        return True
+
+    def _commit_offset(self, consumer: Any, tp: TP) -> int | None:
+        """The offset Faust may commit for input partition ``tp`` (None: nothing new)."""
+        acked: list[int] = consumer._acked[tp]
+        part = self._parts.get(tp)
+        if not acked or part is None:
+            return None
+        committed = consumer._committed_offset[tp]
+        head = committed if committed is not None else part.head if part.fixed else None
+        if head is None:  # nothing committed and the seek not done yet: wait for it
+            return None
+        acked.sort()
+        index: set[int] = consumer._acked_index[tp]
+        low = bisect_left(acked, head)
+        if low:  # acked below the committed offset: nothing to do with them
+            index.difference_update(acked[:low])
+            del acked[:low]
+        n, i = head, 0
+        while i < len(acked) and acked[i] == n:
+            i += 1
+            n += 1
+        if n == head:
+            return None
+        index.difference_update(acked[:i])
+        del acked[:i]
+        return n
+
+    def start(self, heads: Mapping[TP, int]) -> None:
+        """The generation's seek ran: each input partition's head is its committed offset
+        (or its beginning), whatever was admitted before."""
+        for tp, head in heads.items():
+            part = self._parts.get(tp)
+            if part is None:
+                part = self._parts[tp] = _Partition()
+            part.head = part.frontier = head
+            part.fixed = True
+            part.advance()
+        trace("seek heads=%s", {f"{tp.topic}/{tp.partition}": h for tp, h in sorted(heads.items())})
 
     def reset(self) -> None:
-        """Forget every admitted offset: called on each revocation and assignment, because
-        the consumer reads again from the committed offsets then, and a group can rejoin
-        with the same generation id (the dev broker does)."""
-        self._seen.clear()
-        self._prune_at.clear()
+        """Forget every partition: called on each revocation and assignment (the consumer
+        reads again from the committed offsets then; a group can rejoin with the same
+        generation id, as the dev broker does)."""
+        self._parts.clear()
 
-    def admit(self, tp: TP, offset: int, committed: int | None, generation: int | None) -> bool:
-        """Whether to handle the record at ``offset`` fetched in rebalance ``generation``
-        (False: this offset was already admitted in the generation). Offsets below
-        ``committed`` (Faust's copy) are forgotten: they can no longer be acked."""
-        seen = self._seen.get(tp)
-        if seen is None or seen[0] != generation:
-            seen = self._seen[tp] = (generation, set())
-        offsets = seen[1]
-        if offset in offsets:
+    def admit(self, tp: TP, offset: int, now: float) -> Admit:
+        """Whether to handle the record at ``offset`` of input partition ``tp``: each
+        offset once per generation, in any order (records fetched before Faust's seek to
+        the committed offsets come again after it)."""
+        part = self._parts.get(tp)
+        if part is None:
+            part = self._parts[tp] = _Partition()
+        if offset in part.admitted or (part.fixed and offset < part.frontier):
             self.redelivered += 1
-            return False
-        offsets.add(offset)
-        if committed and len(offsets) > self._prune_at.get(tp, PRUNE_AT):
-            offsets.difference_update([o for o in offsets if o < committed])
-            # while the committed offset stands still, scan again only once the set
-            # doubled: pruning stays amortised O(1) per record
-            self._prune_at[tp] = max(PRUNE_AT, 2 * len(offsets))
-        return True
+            return Admit.COPY
+        part.admitted.add(offset)
+        if not part.fixed and (part.head is None or offset < part.head):
+            part.head = part.frontier = offset  # before the seek: from the lowest so far
+        if offset > part.top:
+            part.top = offset
+        part.advance()
+        if part.frontier > part.top:
+            part.gap_since = None
+            part.backoff = HEAL_AFTER_S
+        elif part.gap_since is None:
+            part.gap_since = now
+        return Admit.OK
+
+    def to_heal(self, now: float) -> list[tuple[TP, int]]:
+        """Partitions whose records above a missing offset waited for it (from
+        :data:`HEAL_AFTER_S`, doubling each time up to :data:`HEAL_MAX_S`), with the
+        offset to seek each back to. A record lost on the way comes again; an offset the
+        broker's log does not have (compaction, transaction markers) never does, and the
+        partition's committed offset and checkpoint floors stay below it (runbook)."""
+        out: list[tuple[TP, int]] = []
+        for tp, part in self._parts.items():
+            since = part.gap_since
+            if since is None or now - since < part.backoff:
+                continue
+            part.gap_since = now
+            part.backoff = min(2 * part.backoff, HEAL_MAX_S)
+            self.heals += 1
+            trace("heal %s/%d: seek back to %d (admitted up to %d)", tp.topic, tp.partition,
+                  part.frontier, part.top)  # fmt: skip
+            out.append((tp, part.frontier))
+        return out
+
+    def frontier(self, tp: TP) -> int | None:
+        """The offset of ``tp`` below which every record was admitted (None: none
+        admitted in this generation). Before the generation's seek fixed the head, the
+        lowest offset admitted: records below it may be missing."""
+        part = self._parts.get(tp)
+        if part is None or part.head is None:
+            return None
+        return part.frontier if part.fixed else part.head

@@ -142,7 +142,7 @@ from metering.kafka.topics import INPUT_TOPICS, TopicSpec, ensure_topics, topic_
 from metering.storage.client import StorageError, StorageUnavailable, connect
 from metering.storage.schema import migrate, set_retention
 from metering.storage.sink import ClickHouseSink, SinkUnavailable
-from metering.stream.acks import AckGate, DeliveryGuard
+from metering.stream.acks import AckGate, Admit, DeliveryGuard
 from metering.stream.diagnostics import (
     StallWatch,
     consumer_thread_tasks,
@@ -367,6 +367,7 @@ class StreamRuntime:
             compression=settings.checkpoint_compression,
             lookup=self._lookup,
             align_wait_s=settings.align_wait_s,
+            frontier=self._frontier,
         )
         self.table: Any = None  # set by create_app
         self.outputs = OutputProducer(settings)
@@ -446,6 +447,9 @@ class StreamRuntime:
         self.sink_error = error
         self.metrics.sink_up.set(0 if error else 1)
         self.metrics.ready.set(1 if self.ready else 0)
+
+    def _frontier(self, topic: str, partition: int) -> int | None:
+        return self.deliveries.frontier(TP(topic, partition))
 
     def _lookup(self, account: str) -> bytes | None:
         if self.table is None:
@@ -680,6 +684,7 @@ class StreamRuntime:
         admitted: list[tuple[Record, Any]] = []
         guard = self.deliveries
         again = 0
+        now = time.monotonic()
         dropped: dict[tuple[str, int, str], list[int]] = {}
         for e in events:
             msg = e.message
@@ -689,8 +694,7 @@ class StreamRuntime:
                     why = "not-assigned" if msg.tp not in assignment else "generation"
                     dropped.setdefault((msg.topic, msg.partition, why), []).append(msg.offset)
                 continue  # stale: never acked
-            committed = self._committed(msg.topic, msg.partition)
-            if not guard.admit(msg.tp, msg.offset, committed, msg.generation_id):
+            if guard.admit(msg.tp, msg.offset, now) is not Admit.OK:
                 self.metrics.redelivered.labels(msg.topic).inc()
                 again += 1
                 if TRACING:
@@ -755,6 +759,7 @@ class StreamRuntime:
                 await asyncio.wait_for(self.wakeup.wait(), RELEASE_INTERVAL_S)
             self.wakeup.clear()
             self.metrics.backlog.set(pipeline.backlog)
+            await self.heal_partitions()
             if pipeline.pending or self._uncommitted is not None:
                 async with self.lock:
                     if pipeline.pending:
@@ -762,6 +767,22 @@ class StreamRuntime:
                     if self._commit_due():
                         await self._commit_uncommitted()
             self.room.set()
+
+    async def heal_partitions(self) -> None:
+        """Read input partitions again from an offset whose record did not come while
+        later ones did (:meth:`DeliveryGuard.to_heal`)."""
+        for tp, offset in self.deliveries.to_heal(time.monotonic()):
+            log.warning(
+                "%s[%d]: records past offset %d arrived without it; reading again from it",
+                tp.topic,
+                tp.partition,
+                offset,
+            )
+            self.metrics.heals.labels(tp.topic).inc()
+            try:
+                await self.app.consumer.seek(tp, offset)
+            except Exception as exc:  # not assigned any more, consumer stopping ...
+                log.warning("seeking %s[%d] to %d failed: %s", tp.topic, tp.partition, offset, exc)
 
     async def _advance(self) -> None:
         """Steps 2-4 for whatever the aligner releases, added to the uncommitted work
@@ -930,7 +951,10 @@ class StreamRuntime:
     async def on_assigned(self, assigned: set[TP]) -> None:
         # before any record of this generation: a stale one exists only after a rebalance
         self.acks.install(self.app.consumer)
-        self.deliveries.install(self.app.consumer)
+        if self.deliveries.install(self.app.consumer):
+            # Faust's fetch loop holds on to the read offsets it started with: restart it
+            # (as Faust itself does on every revocation) so it reads the guard's ones
+            await self.app._stop_fetcher()  # type: ignore[attr-defined]
         self.deliveries.reset()
         async with self.lock:
             self.generation += 1

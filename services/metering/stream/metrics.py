@@ -215,6 +215,14 @@ class WorkerMetrics:
             ["topic"],
             registry=r,
         )
+        self.heals = Counter(
+            "metering_partition_heals",
+            "Input partitions read again from their next expected offset because records "
+            "past it arrived without it (the consumer lost it on the way, or the broker's "
+            "log has a hole there)",
+            ["topic"],
+            registry=r,
+        )
         self.out_of_order = Counter(
             "metering_records_out_of_order",
             "Input records received below an offset already received from their partition "

@@ -400,8 +400,12 @@ class Pipeline:
         lookup: Callable[[str], bytes | None] | None = None,
         align_wait_s: float = 2.0,
         monotonic: Callable[[], float] = time.monotonic,
+        frontier: Callable[[str, int], int | None] | None = None,
     ) -> None:
         self.engine = engine
+        #: (topic, partition) -> the lowest offset not received yet in order (None:
+        #: unknown); checkpoint floors never pass it
+        self.frontier = frontier
         self.sink = sink
         self.metrics = metrics
         self.partitions = partitions
@@ -525,6 +529,9 @@ class Pipeline:
                 low = low_held.get((topic, p))
                 if pos is not None and low is not None and low < pos:
                     pos = low
+                cap = self.frontier(topic, p) if self.frontier is not None else None
+                if pos is not None and cap is not None and cap < pos:
+                    pos = cap
                 if pos is not None and pos > positions.get(topic, -1):
                     positions[topic] = pos
             cp = Checkpoint(

@@ -27,13 +27,14 @@ Environment variables
     worker creates them (flag ``--partitions``; default 4). Existing input topics must
     all have this count.
 ``METERING_STATE_STORE``
-    Faust table store for the engine checkpoints: ``memory://`` (the default: state
-    rebuilt from the changelog topic at every start, which a compacted changelog keeps to
-    about one checkpoint per account) or ``rocksdb://`` (local RocksDB through rocksdict,
-    only the changelog tail is replayed at start). ``rocksdb://`` is not recommended
-    yet: in our SIGKILL/restart test (``tests/test_stream.py`` test 7) 1 run of
-    about 15 ended with a statement differing from the replay (see docs/runbook.md, "Known
-    defects").
+    Faust table store for the engine checkpoints (flag ``--state-store``): ``rocksdb://``
+    (the ``production`` profile's default: local RocksDB through rocksdict under
+    ``METERING_DATA_DIR``, so a restart replays only the changelog's tail) or
+    ``memory://`` (the ``embedded`` profile's default, for tests and ``metering up``:
+    state rebuilt from the changelog topic at every start, which a compacted changelog
+    keeps to about one checkpoint per account). Both are covered by the SIGKILL/restart
+    tests (``tests/test_stream.py`` tests 2 and 7; docs/runbook.md, "Known defects",
+    has the history of the RocksDB store).
 ``METERING_DATA_DIR``
     Faust's data directory (RocksDB files live here; flag ``--data-dir``; default
     ``./.metering/worker-data``).
@@ -104,6 +105,8 @@ __all__ = ["Profile", "SettingsError", "WorkerSettings", "add_settings_arguments
 Profile = Literal["embedded", "production"]
 PROFILES: tuple[str, ...] = ("embedded", "production")
 STORES: tuple[str, ...] = ("memory", "rocksdb")
+DEFAULT_STORES: dict[str, str] = {"embedded": "memory://", "production": "rocksdb://"}
+"""The state store when ``METERING_STATE_STORE`` / ``--state-store`` is not given."""
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -211,7 +214,7 @@ class WorkerSettings:
         profile = (get("METERING_PROFILE") or d.profile).lower()
         if profile not in PROFILES:
             raise SettingsError(f"METERING_PROFILE must be one of {PROFILES}, got {profile!r}")
-        default_store = "memory://"  # rocksdb:// has a known defect (docs/runbook.md)
+        store = get("METERING_STATE_STORE")
         try:
             client_options = kafka_client_options(env)
         except ValueError as exc:
@@ -222,7 +225,7 @@ class WorkerSettings:
             db_dir=get("METERING_DB_DIR"),
             accounts_file=get("METERING_ACCOUNTS"),
             partitions=num("METERING_PARTITIONS", d.partitions, int),
-            state_store=get("METERING_STATE_STORE") or default_store,
+            state_store=store or DEFAULT_STORES[profile],
             data_dir=get("METERING_DATA_DIR") or d.data_dir,
             web_port=num("METERING_WEB_PORT", d.web_port, int),
             web_host=get("METERING_WEB_HOST") or d.web_host,
@@ -248,6 +251,8 @@ class WorkerSettings:
             given["clickhouse_url"] = None
         elif "clickhouse_url" in given:
             given["db_dir"] = None
+        if store is None and "state_store" not in given and "profile" in given:
+            given["state_store"] = DEFAULT_STORES.get(given["profile"], settings.state_store)
         return replace(settings, **given)
 
     @classmethod
