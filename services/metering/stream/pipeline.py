@@ -320,11 +320,11 @@ class Checkpoint(msgspec.Struct, kw_only=True):
       order they arrive, so a re-delivered record of this account below that offset is
       already in ``state`` and is skipped. (The engine's dedupe set would catch most of
       them, but only within the dedupe horizon of *event* time, and a backlog can hold
-      days of event time between two offset commits.) If a partition's records arrive
-      out of offset order (the consumer seeks back), the floor is capped by the lowest
-      offset still held; records not received yet cannot be known, so a floor written
-      before the seek back can still pass them (counted by
-      ``metering_records_out_of_order_total``; docs/runbook.md, Known defects).
+      days of event time between two offset commits.) The floor never passes the
+      *frontier* of the worker's delivery guard (the lowest offset not received yet,
+      from the committed one on: a record lost on the way is not taken for applied),
+      nor, after records arrived out of offset order (the consumer sought back;
+      ``metering_records_out_of_order_total``), the lowest offset still held.
     """
 
     state: AccountState
