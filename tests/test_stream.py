@@ -737,11 +737,14 @@ def test_2_sigkill_three_times_still_equals_replay(
 ) -> None:
     """(2) SIGKILL the worker three times at random moments of the consumption and restart
     it (memory store: state comes back from the changelog on Tansu). Nothing is lost or
-    counted twice: statements and row counts equal the replay's."""
+    counted twice: statements and row counts equal the replay's. The log is produced in
+    four parts, one before each incarnation, so that each has records to consume when it
+    is killed (with the whole log up front, one incarnation often consumed the rest and
+    the later ones were killed idle)."""
     bootstrap = broker.bootstrap
     run(ensure_topics(bootstrap, worker_topic_specs(PARTITIONS)))
-    produce(bootstrap, sim_log.lines)
-    ends = end_offsets(broker, len(sim_log.lines))
+    lines = sim_log.lines
+    parts = [lines[i * len(lines) // 4 : (i + 1) * len(lines) // 4] for i in range(4)]
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     db = backend.storage(tmp_path, "db")
@@ -749,6 +752,7 @@ def test_2_sigkill_three_times_still_equals_replay(
     kills = 0
     with workers() as ws:
         for incarnation in range(4):
+            produce(bootstrap, parts[incarnation])
             w = start_worker(
                 broker, tmp_path, f"w{incarnation}", sim_log.accounts, storage=db,
                 extra=("--batch-size", "150"),
@@ -761,7 +765,7 @@ def test_2_sigkill_three_times_still_equals_replay(
                 break
             # kill once this incarnation has committed at least one batch, a random
             # moment later (mid-batch, mid-flush, mid-checkpoint ...)
-            target = rng.randrange(150, 1500)
+            target = rng.randrange(150, max(151, len(parts[incarnation]) * 3 // 4))
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 if metric_sum(w.metrics(), "metering_records_consumed_total") >= target:
@@ -772,6 +776,7 @@ def test_2_sigkill_three_times_still_equals_replay(
             time.sleep(rng.uniform(0, 0.4))
             w.kill()
             kills += 1
+        ends = end_offsets(broker, len(lines))
         wait_committed(bootstrap, ends, [ws[-1]])
         assert ws[-1].terminate() == 0, ws[-1].tail()
     assert kills == 3
