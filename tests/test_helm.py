@@ -356,7 +356,7 @@ def test_statefulset_state_volume_probes_and_security(default_docs: list[dict[st
     assert mounts["data"]["mountPath"] == "/data"
     assert mounts["accounts"]["mountPath"] == "/config" and mounts["accounts"]["readOnly"]
     env = env_of(c)
-    assert env["METERING_STATE_STORE"] == "memory://"  # rocksdb://: known defect
+    assert env["METERING_STATE_STORE"] == "rocksdb://"  # on the pod's volume (/data)
     assert env["METERING_DATA_DIR"] == "/data"
     assert env["METERING_PROFILE"] == "production"
     assert env["METERING_PARTITIONS"] == "4"

@@ -674,6 +674,7 @@ def test_compose_services_and_wiring() -> None:
 
     settings = WorkerSettings.from_env(worker["environment"])
     assert settings.profile == "production" and not settings.embedded
+    assert settings.state_store == "rocksdb://"  # the production profile's default
     data_mount = next(v for v in worker["volumes"] if v.startswith("worker-data:"))
     assert settings.data_dir.startswith(data_mount.split(":")[1] + "/")
     config_mount = next(v for v in worker["volumes"] if v.endswith(":/config:ro"))
@@ -694,6 +695,25 @@ def test_compose_services_and_wiring() -> None:
                 assert (ROOT / source).exists(), (name, source)
             else:
                 assert source in compose["volumes"], (name, source)
+
+
+def test_state_store_default_follows_the_profile() -> None:
+    """RocksDB in production, memory for the embedded profile (tests, ``metering up``);
+    an explicit store wins, from the environment or a flag."""
+    from metering.stream.settings import WorkerSettings
+
+    def store(env: dict[str, str], **flags: Any) -> str:
+        return WorkerSettings.from_env(env, **flags).state_store
+
+    assert store({}) == "memory://"
+    assert store({"METERING_PROFILE": "production"}) == "rocksdb://"
+    assert store({}, profile="production") == "rocksdb://"  # --profile production
+    assert store({"METERING_PROFILE": "production"}, profile="embedded") == "memory://"
+    prod_memory = {"METERING_PROFILE": "production", "METERING_STATE_STORE": "memory://"}
+    assert store(prod_memory) == "memory://"
+    assert store({"METERING_STATE_STORE": "memory://"}, profile="production") == "memory://"
+    assert store({}, profile="production", state_store="memory://") == "memory://"
+    assert store({}, state_store="rocksdb://") == "rocksdb://"
 
 
 def test_prometheus_scrapes_the_worker() -> None:

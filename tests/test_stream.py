@@ -790,12 +790,6 @@ def test_2_sigkill_three_times_still_equals_replay(
 
 
 @SLOW
-@pytest.mark.skipif(
-    os.environ.get("METERING_TEST_KNOWN_DEFECTS") != "1",
-    reason="known defect of the rocksdb:// store: 1 of about 15 runs ended with a statement "
-    "differing from the replay (docs/runbook.md, Known defects); "
-    "run with METERING_TEST_KNOWN_DEFECTS=1",
-)
 def test_7_rocksdb_store_survives_sigkill(
     sim_log: SimLog, backend: Backend, broker: Kafka, tmp_path: Path
 ) -> None:
