@@ -206,7 +206,14 @@ def test_delivery_guard_frontier_and_seeks_back() -> None:
     intervals while it stays missing; Faust commits only up to the frontier's acked run."""
     from faust.types import TP
 
-    from metering.stream.acks import HEAL_AFTER_S, HEAL_MAX_S, AckGate, Admit, DeliveryGuard
+    from metering.stream.acks import (
+        GAP_HOLD_S,
+        HEAL_AFTER_S,
+        HEAL_MAX_S,
+        AckGate,
+        Admit,
+        DeliveryGuard,
+    )
 
     consumer = _faust_consumer("admit-test")
     voice, other = TP("cpaas.voice", 0), TP("metering.other", 0)
@@ -221,12 +228,15 @@ def test_delivery_guard_frontier_and_seeks_back() -> None:
     # before the seek: from the lowest offset seen
     assert [guard.admit(voice, o, 0.0) for o in (12, 13)] == [Admit.OK, Admit.OK]
     assert guard.frontier(voice) == 12
-    guard.start({voice: 10})  # the seek: committed 10, so 10 and 11 are missing
+    guard.start({voice: 10}, now=1.0)  # the seek: committed 10, so 10 and 11 are missing
     assert guard.frontier(voice) == 10
     assert [guard.admit(voice, o, 1.0) for o in (10, 12, 9)] == [
         Admit.OK, Admit.COPY, Admit.COPY,
     ]  # fmt: skip
     assert guard.frontier(voice) == 11  # 11 is still missing
+    # 12 and 13 are held back (not applied) while 11 is read again, for at most GAP_HOLD_S
+    assert guard.waits(voice, 12, 2.0) and not guard.waits(voice, 10, 2.0)
+    assert not guard.waits(voice, 12, 1.0 + GAP_HOLD_S)
     assert guard.to_heal(1.0 + HEAL_AFTER_S / 2) == []
     t = 1.0 + HEAL_AFTER_S
     assert guard.to_heal(t) == [(voice, 11)]  # seek back to 11

@@ -78,6 +78,7 @@ unacked, so the committed offset cannot pass it until it was applied.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -142,10 +143,13 @@ class _InputBlindOffsets(defaultdict[TP, int | None]):
         return super().__getitem__(tp)
 
 
-HEAL_AFTER_S = 2.0
+HEAL_AFTER_S = 0.5
 """How long records past a missing offset wait before the partition is read again from
 that offset (doubling, up to :data:`HEAL_MAX_S`, while it stays missing)."""
 HEAL_MAX_S = 60.0
+GAP_HOLD_S = 30.0
+"""How long records past a missing offset are held back (not applied) while it is read
+again; past that it is taken for a hole of the log and they are applied."""
 
 
 @dataclass(slots=True)
@@ -166,6 +170,8 @@ class _Partition:
     top: int = -1
     #: monotonic time since which records above ``frontier`` wait for it (None: none)
     gap_since: float | None = None
+    #: when the current gap opened (``gap_since`` moves on with each seek back)
+    gap_opened: float | None = None
     #: seconds to wait before the next seek back (doubles while the gap stays)
     backoff: float = HEAL_AFTER_S
 
@@ -307,9 +313,10 @@ class DeliveryGuard:
         del acked[:i]
         return n
 
-    def start(self, heads: Mapping[TP, int]) -> None:
+    def start(self, heads: Mapping[TP, int], now: float | None = None) -> None:
         """The generation's seek ran: each input partition's head is its committed offset
         (or its beginning), whatever was admitted before."""
+        now = time.monotonic() if now is None else now
         for tp, head in heads.items():
             part = self._parts.get(tp)
             if part is None:
@@ -317,6 +324,8 @@ class DeliveryGuard:
             part.head = part.frontier = head
             part.fixed = True
             part.advance()
+            if part.frontier <= part.top and part.gap_since is None:
+                part.gap_since = part.gap_opened = now  # admitted above a missing one
         trace("seek heads=%s", {f"{tp.topic}/{tp.partition}": h for tp, h in sorted(heads.items())})
 
     def reset(self) -> None:
@@ -342,10 +351,10 @@ class DeliveryGuard:
             part.top = offset
         part.advance()
         if part.frontier > part.top:
-            part.gap_since = None
+            part.gap_since = part.gap_opened = None
             part.backoff = HEAL_AFTER_S
         elif part.gap_since is None:
-            part.gap_since = now
+            part.gap_since = part.gap_opened = now
         return Admit.OK
 
     def to_heal(self, now: float) -> list[tuple[TP, int]]:
@@ -366,6 +375,15 @@ class DeliveryGuard:
                   part.frontier, part.top)  # fmt: skip
             out.append((tp, part.frontier))
         return out
+
+    def waits(self, tp: TP, offset: int, now: float) -> bool:
+        """Whether the record at ``offset`` must wait: a record below it is missing and
+        being read again (for at most :data:`GAP_HOLD_S`)."""
+        part = self._parts.get(tp)
+        if part is None or offset <= part.frontier:
+            return False
+        opened = part.gap_opened
+        return opened is not None and now - opened < GAP_HOLD_S
 
     def frontier(self, tp: TP) -> int | None:
         """The offset of ``tp`` below which every record was admitted (None: none

@@ -368,6 +368,7 @@ class StreamRuntime:
             lookup=self._lookup,
             align_wait_s=settings.align_wait_s,
             frontier=self._frontier,
+            waits=self._waits,
         )
         self.table: Any = None  # set by create_app
         self.outputs = OutputProducer(settings)
@@ -450,6 +451,9 @@ class StreamRuntime:
 
     def _frontier(self, topic: str, partition: int) -> int | None:
         return self.deliveries.frontier(TP(topic, partition))
+
+    def _waits(self, topic: str, partition: int, offset: int) -> bool:
+        return self.deliveries.waits(TP(topic, partition), offset, time.monotonic())
 
     def _lookup(self, account: str) -> bytes | None:
         if self.table is None:
@@ -779,8 +783,10 @@ class StreamRuntime:
                 offset,
             )
             self.metrics.heals.labels(tp.topic).inc()
+            consumer: Any = self.app.consumer
             try:
-                await self.app.consumer.seek(tp, offset)
+                # in the consumer's own thread (aiokafka's seek is not thread-safe)
+                await consumer._thread.seek_wait({tp: offset})
             except Exception as exc:  # not assigned any more, consumer stopping ...
                 log.warning("seeking %s[%d] to %d failed: %s", tp.topic, tp.partition, offset, exc)
 

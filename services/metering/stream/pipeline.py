@@ -225,12 +225,20 @@ class Aligner:
             self._next[key] = offset + 1
 
     def add(self, h: Held) -> None:
+        """Queue a record; a record below one already queued (read again after a seek
+        back) takes its place in offset order."""
         rec = h.record
         qs = self._queues.setdefault(rec.partition, {})
         q = qs.get(rec.topic)
         if q is None:
             q = qs[rec.topic] = deque()
-        q.append(h)
+        if q and rec.offset < q[-1].record.offset:
+            i = len(q)
+            while i > 0 and q[i - 1].record.offset > rec.offset:
+                i -= 1
+            q.insert(i, h)
+        else:
+            q.append(h)
         self.held += 1
 
     def forget(self, partitions: Iterable[int]) -> list[Held]:
@@ -267,7 +275,12 @@ class Aligner:
         highwater: Callable[[str, int], int | None],
         committed: Callable[[str, int], int | None],
         force: bool = False,
+        waits: Callable[[str, int, int], bool] | None = None,
     ) -> list[Held]:
+        """The records to apply now, in event-time order per partition number.
+        ``waits(topic, partition, offset)`` says that a record below ``offset`` of that
+        topic-partition is missing and is being read again: nothing of that partition
+        number is released meanwhile (``force`` releases all the same)."""
         out: list[Held] = []
         now = self._monotonic()
         rank = self._rank
@@ -275,6 +288,12 @@ class Aligner:
             qs = self._queues[p]
             timed_out = False
             while True:
+                if (
+                    waits is not None
+                    and not force
+                    and any(q and waits(t, p, q[0].record.offset) for t, q in qs.items())
+                ):
+                    break
                 heads = [(q[0].time, rank[t], t) for t, q in qs.items() if q]
                 if not heads:
                     self._blocked_since.pop(p, None)
@@ -401,11 +420,16 @@ class Pipeline:
         align_wait_s: float = 2.0,
         monotonic: Callable[[], float] = time.monotonic,
         frontier: Callable[[str, int], int | None] | None = None,
+        waits: Callable[[str, int, int], bool] | None = None,
     ) -> None:
         self.engine = engine
         #: (topic, partition) -> the lowest offset not received yet in order (None:
         #: unknown); checkpoint floors never pass it
         self.frontier = frontier
+        #: (topic, partition, offset) -> whether a record below it is being read again:
+        #: the aligner holds that partition number meanwhile, so the record is applied in
+        #: its place rather than late
+        self.waits = waits
         self.sink = sink
         self.metrics = metrics
         self.partitions = partitions
@@ -648,7 +672,7 @@ class Pipeline:
         checkpoint) and acks :attr:`Work.tokens`."""
         m = self.metrics
         work = Work()
-        released = self.aligner.release(highwater, committed, force)
+        released = self.aligner.release(highwater, committed, force, self.waits)
         if TRACING and released:
             by_tp: dict[str, list[int]] = {}
             for h in released:
