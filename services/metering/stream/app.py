@@ -55,8 +55,10 @@ backlog is caught up: at ``batch_size``, or 10 windows). In this order:
    topic-partition is held there. No other ack of an input record reaches the consumer
    (:class:`~metering.stream.acks.AckGate`: Faust's pure-Python stream acks records it
    skips as stale after a rebalance), and Faust takes no offset gaps on the input
-   topics (:class:`~metering.stream.acks.DeliveryGuard`: a record fetched twice in one
-   generation is handled once).
+   topics and commits only runs of acked offsets starting at the committed offset
+   (:class:`~metering.stream.acks.DeliveryGuard`: a record fetched twice in one
+   generation is handled once; a record lost on the way is read again, and the records
+   past it wait for it in the aligner; checkpoint floors never pass it).
 
 Why a crash between any two steps neither loses nor double-counts (a "step" below is
 everything one commit covers):
