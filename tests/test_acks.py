@@ -123,6 +123,22 @@ def _faust_consumer(name: str) -> Any:
     return app.consumer
 
 
+def _guarded(name: str, guarded: bool, head: int) -> tuple[Any, Any, Any]:
+    """A Faust consumer with the ack gate and delivery guard on ``cpaas.voice/0`` (whose
+    seek put the head at ``head``), or without them: (consumer, gate, guard)."""
+    from faust.types import TP
+
+    from metering.stream.acks import AckGate, DeliveryGuard
+
+    consumer = _faust_consumer(name)
+    gate, guard = AckGate(["cpaas.voice"]), DeliveryGuard(["cpaas.voice"])
+    if guarded:
+        gate.install(consumer)
+        guard.install(consumer)
+        guard.start({TP("cpaas.voice", 0): head})
+    return consumer, gate, guard
+
+
 def _ack(consumer: Any, gate: Any, offsets: Any) -> None:
     from faust.types.tuples import ConsumerMessage
 
@@ -139,16 +155,11 @@ def test_fausts_fake_gap_no_longer_doubles_offsets() -> None:
     the input topics: all acked offsets commit at once."""
     from faust.types import TP
 
-    from metering.stream.acks import AckGate, Admit, DeliveryGuard
+    from metering.stream.acks import Admit
 
     def next_commit(guarded: bool) -> int | None:
-        consumer = _faust_consumer("gaps-test")
+        consumer, gate, guard = _guarded("gaps-test", guarded, 10)
         tp = TP("cpaas.voice", 0)
-        gate, guard = AckGate(["cpaas.voice"]), DeliveryGuard(["cpaas.voice"])
-        if guarded:
-            gate.install(consumer)
-            guard.install(consumer)
-            guard.start({tp: 10})
         consumer._committed_offset[tp] = 10
 
         async def deliver() -> None:
@@ -184,16 +195,9 @@ def test_faust_commits_past_an_unacked_record_and_the_guard_does_not(
     starts at the committed offset (the partition's head when none is committed)."""
     from faust.types import TP
 
-    from metering.stream.acks import AckGate, DeliveryGuard
-
     for guard_on, want in ((False, faust), (True, guarded)):
-        consumer = _faust_consumer("commit-test")
+        consumer, gate, _ = _guarded("commit-test", guard_on, committed or 0)
         tp = TP("cpaas.voice", 0)
-        gate, guard = AckGate(["cpaas.voice"]), DeliveryGuard(["cpaas.voice"])
-        if guard_on:
-            gate.install(consumer)
-            guard.install(consumer)
-            guard.start({tp: committed or 0})
         consumer._committed_offset[tp] = committed
         _ack(consumer, gate, acked)
         assert consumer._new_offset(tp) == want, (guard_on, committed)
