@@ -977,6 +977,12 @@ def test_5_http_api(solo: tuple[Kafka, Worker], backend: Backend, tmp_path: Path
     # a new group has no committed offsets: Faust's seek after recovery left the input
     # partitions where they were; the worker sent them back to their beginning
     assert report["rewound"] >= len(INPUT_TOPICS) * PARTITIONS, report
+    # the guard's frontier is known for every input partition once the seek ran, and
+    # nothing is missing: it is not below what was received
+    assert report["heals"] >= 0
+    for e in report["partitions"]:
+        assert isinstance(e["frontier"], int), e
+        assert e["received"] is None or e["frontier"] >= e["received"], e
     with_tasks = w.json("/partitions?tasks=1")
     tasks = with_tasks["consumer_tasks"] + with_tasks["main_tasks"]
     assert tasks and all(isinstance(t, str) for t in tasks), tasks

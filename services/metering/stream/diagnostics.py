@@ -175,7 +175,7 @@ def commit_task_alive(consumer: Any) -> bool | None:
 def partition_report(rt: StreamRuntime) -> dict[str, Any]:
     """Per owned input topic-partition: the group's committed offset (Faust's copy), the
     broker's high watermark, Faust's read offset, aiokafka's fetch position and pause
-    flag, records held by the aligner, acked records waiting for a commit (count and
+    flag, the delivery guard's frontier, records held by the aligner, acked records waiting for a commit (count and
     lowest offset), Faust's offset gaps, and unacked messages; plus the worker's step
     state."""
     app = rt.app
@@ -206,6 +206,7 @@ def partition_report(rt: StreamRuntime) -> dict[str, Any]:
             "highwater": rt.highwater(tp.topic, tp.partition),
             "read": read.get(tp),
             "received": aligner.next_offset(tp.topic, tp.partition),
+            "frontier": rt.deliveries.frontier(tp),
             "held": aligner.held_for(tp.topic, tp.partition),
             "blocked_s": aligner.blocked_for(tp.partition),
             "acked_waiting": len(acked_tp),
@@ -232,6 +233,7 @@ def partition_report(rt: StreamRuntime) -> dict[str, Any]:
         "stale_acks_refused": rt.acks.refused,
         "redelivered": rt.deliveries.redelivered,
         "rewound": rt.deliveries.rewound,
+        "heals": rt.deliveries.heals,
         "commit": commit_report(consumer),
         "partitions": partitions,
     }
