@@ -239,8 +239,8 @@ def test_delivery_guard_frontier_and_seeks_back() -> None:
     ]  # fmt: skip
     assert guard.frontier(voice) == 11  # 11 is still missing
     # 12 and 13 are held back (not applied) while 11 is read again, for at most GAP_HOLD_S
-    assert guard.waits(voice, 12, 2.0) and not guard.waits(voice, 10, 2.0)
-    assert not guard.waits(voice, 12, 1.0 + GAP_HOLD_S)
+    assert guard.holds(2.0) == {("cpaas.voice", 0): 11}  # records past 11 wait
+    assert guard.holds(1.0 + GAP_HOLD_S) == {}
     assert guard.to_heal(1.0 + HEAL_AFTER_S / 2) == []
     t = 1.0 + HEAL_AFTER_S
     assert guard.to_heal(t) == [(voice, 11)]  # seek back to 11

@@ -531,11 +531,7 @@ def test_aligner_holds_a_partition_while_a_missing_record_is_read_again() -> Non
     offset order and everything is released in order; ``force`` releases regardless."""
     al = Aligner(INPUT_TOPICS, max_wait_s=2.0, monotonic=lambda: 0.0)
     voice, msg = INPUT_TOPICS[0], INPUT_TOPICS[1]
-    missing = {(voice, 0): 11}
-
-    def waits(topic: str, partition: int, offset: int) -> bool:
-        gap = missing.get((topic, partition))
-        return gap is not None and offset > gap
+    missing = {(voice, 0): 11}  # records of voice/0 past 11 wait
 
     def hw(t: str, p: int) -> int | None:
         return 0  # every topic caught up: only the gap holds
@@ -547,7 +543,7 @@ def test_aligner_holds_a_partition_while_a_missing_record_is_read_again() -> Non
         al.add(_held(voice, 0, offset, t))
     al.add(_held(msg, 0, 0, 2))
     al.add(_held(voice, 1, 0, 5))  # another partition number is not held
-    got = al.release(hw, no_commit, waits=waits)
+    got = al.release(hw, no_commit, holds=missing)
     # voice/0@12 waits for 11, and with it all of partition 0 (11 may be earlier than
     # the messaging record in event time)
     assert [(h.record.topic, h.record.partition, h.record.offset) for h in got] == [
@@ -555,14 +551,14 @@ def test_aligner_holds_a_partition_while_a_missing_record_is_read_again() -> Non
     ]  # fmt: skip
     al.add(_held(voice, 0, 11, 2))  # read again after the seek back: before 12
     del missing[(voice, 0)]
-    got = al.release(hw, no_commit, waits=waits)
+    got = al.release(hw, no_commit, holds=missing)
     assert [(h.record.topic, h.record.offset) for h in got] == [
         (voice, 11), (msg, 0), (voice, 12), (voice, 13),
     ]  # fmt: skip
     missing[(voice, 0)] = 20
     al.add(_held(voice, 0, 21, 9))
-    assert al.release(hw, no_commit, waits=waits) == []
-    assert [h.record.offset for h in al.release(hw, no_commit, True, waits)] == [21]
+    assert al.release(hw, no_commit, holds=missing) == []
+    assert [h.record.offset for h in al.release(hw, no_commit, True, missing)] == [21]
 
 
 def test_checkpoint_round_trip() -> None:

@@ -44,8 +44,8 @@ of acked offsets starting exactly at the committed offset, and tracks per partit
 *frontier*: the lowest offset, from the committed one on, not admitted yet. Checkpoint
 floors never pass it (:class:`~metering.stream.pipeline.Pipeline`), and when records
 past it waited :data:`HEAL_AFTER_S` for it, the partition is sought back to the frontier
-(``metering_partition_heals_total``; again after 2, 4 ... up to 60 s while it stays
-missing). The cost: where the broker really has no record (a compacted
+(``metering_partition_heals_total``; again after 1, 2 ... up to 60 s while it stays
+missing); meanwhile the records past it wait in the aligner, up to :data:`GAP_HOLD_S`. The cost: where the broker really has no record (a compacted
 ``cpaas.accounts``, transaction markers) the frontier, the committed offset and the
 floors stop before the hole; nothing is lost or counted twice within the dedupe horizon,
 but the partition is read again from the hole after each seek back and each restart
@@ -156,7 +156,8 @@ again; past that it is taken for a hole of the log and they are applied."""
 class _Partition:
     """What the guard knows of one input partition in the current generation."""
 
-    #: offsets admitted in this generation (at or above ``frontier - 1`` once pruned)
+    #: offsets admitted in this generation (once the head is fixed, those below
+    #: ``frontier - 1`` are pruned: ``frontier`` alone says they were admitted)
     admitted: set[int] = field(default_factory=set)
     #: where reading started: the committed offset from the generation's seek (or the
     #: partition's beginning when nothing was committed); before that seek, the lowest
@@ -164,7 +165,7 @@ class _Partition:
     head: int | None = None
     #: ``head`` comes from the seek (not from the records seen so far)
     fixed: bool = False
-    #: the lowest offset at or above ``head`` neither admitted nor a hole
+    #: the lowest offset at or above ``head`` not admitted
     frontier: int = 0
     #: the highest offset admitted
     top: int = -1
@@ -180,7 +181,7 @@ class _Partition:
         while n in self.admitted:
             n += 1
         self.frontier = n
-        if len(self.admitted) > 2 * PRUNE_AT:
+        if self.fixed and len(self.admitted) > 2 * PRUNE_AT:
             self.admitted = {o for o in self.admitted if o >= n - 1}
 
 
@@ -234,9 +235,10 @@ class DeliveryGuard:
           are sent back to their beginning; each input partition's head is noted and
           admission opens (:meth:`admit`);
         * ``_new_offset`` (what Faust commits) for input topics: the run of acked offsets
-          starting exactly at the committed offset (the head when none is committed). Faust's own version commits the first run of acked offsets even
-          when the committed offset itself is not acked (it checks
-          ``min(acked) - committed > 1``, and nothing without a committed offset).
+          starting exactly at the committed offset (the head when none is committed).
+          Faust's own version commits the first run of acked offsets even when the
+          committed offset itself is not acked (it checks ``min(acked) - committed >
+          1``, and nothing without a committed offset).
         """
         if id(consumer) in self._installed:
             return False
@@ -376,14 +378,15 @@ class DeliveryGuard:
             out.append((tp, part.frontier))
         return out
 
-    def waits(self, tp: TP, offset: int, now: float) -> bool:
-        """Whether the record at ``offset`` must wait: a record below it is missing and
-        being read again (for at most :data:`GAP_HOLD_S`)."""
-        part = self._parts.get(tp)
-        if part is None or offset <= part.frontier:
-            return False
-        opened = part.gap_opened
-        return opened is not None and now - opened < GAP_HOLD_S
+    def holds(self, now: float) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> frontier, for the partitions whose records past the
+        frontier must wait: a record there is missing and being read again (for at most
+        :data:`GAP_HOLD_S`)."""
+        return {
+            (tp.topic, tp.partition): part.frontier
+            for tp, part in self._parts.items()
+            if part.gap_opened is not None and now - part.gap_opened < GAP_HOLD_S
+        }
 
     def frontier(self, tp: TP) -> int | None:
         """The offset of ``tp`` below which every record was admitted (None: none

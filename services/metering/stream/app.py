@@ -370,7 +370,7 @@ class StreamRuntime:
             lookup=self._lookup,
             align_wait_s=settings.align_wait_s,
             frontier=self._frontier,
-            waits=self._waits,
+            holds=self._holds,
         )
         self.table: Any = None  # set by create_app
         self.outputs = OutputProducer(settings)
@@ -454,8 +454,8 @@ class StreamRuntime:
     def _frontier(self, topic: str, partition: int) -> int | None:
         return self.deliveries.frontier(TP(topic, partition))
 
-    def _waits(self, topic: str, partition: int, offset: int) -> bool:
-        return self.deliveries.waits(TP(topic, partition), offset, time.monotonic())
+    def _holds(self) -> dict[tuple[str, int], int]:
+        return self.deliveries.holds(time.monotonic())
 
     def _lookup(self, account: str) -> bytes | None:
         if self.table is None:

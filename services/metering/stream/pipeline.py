@@ -207,12 +207,6 @@ class Aligner:
         q = self._queues.get(partition, {}).get(topic)
         return q[0].record.offset if q else None
 
-    def min_held(self, topic: str, partition: int) -> int | None:
-        """The lowest offset of (topic, partition) held (None: none). Equals
-        :meth:`lowest_held` when its records arrived in offset order; O(held) otherwise."""
-        q = self._queues.get(partition, {}).get(topic)
-        return min(h.record.offset for h in q) if q else None
-
     def blocked_for(self, partition: int) -> float | None:
         """Seconds ``partition`` has been blocked by a lagging topic (None: not blocked)."""
         since = self._blocked_since.get(partition)
@@ -275,24 +269,23 @@ class Aligner:
         highwater: Callable[[str, int], int | None],
         committed: Callable[[str, int], int | None],
         force: bool = False,
-        waits: Callable[[str, int, int], bool] | None = None,
+        holds: Mapping[tuple[str, int], int] | None = None,
     ) -> list[Held]:
         """The records to apply now, in event-time order per partition number.
-        ``waits(topic, partition, offset)`` says that a record below ``offset`` of that
-        topic-partition is missing and is being read again: nothing of that partition
-        number is released meanwhile (``force`` releases all the same)."""
+        ``holds`` maps (topic, partition) to an offset whose record is missing and being
+        read again: while a queued record of that topic-partition lies past it, nothing
+        of that partition number is released (``force`` releases all the same)."""
         out: list[Held] = []
         now = self._monotonic()
         rank = self._rank
         for p in sorted(self._queues):
             qs = self._queues[p]
             timed_out = False
+            limits = {} if force or not holds else {
+                t: holds[(t, p)] for t in qs if (t, p) in holds
+            }  # fmt: skip
             while True:
-                if (
-                    waits is not None
-                    and not force
-                    and any(q and waits(t, p, q[0].record.offset) for t, q in qs.items())
-                ):
+                if limits and any(qs[t] and qs[t][0].record.offset > n for t, n in limits.items()):
                     break
                 heads = [(q[0].time, rank[t], t) for t, q in qs.items() if q]
                 if not heads:
@@ -420,16 +413,16 @@ class Pipeline:
         align_wait_s: float = 2.0,
         monotonic: Callable[[], float] = time.monotonic,
         frontier: Callable[[str, int], int | None] | None = None,
-        waits: Callable[[str, int, int], bool] | None = None,
+        holds: Callable[[], Mapping[tuple[str, int], int]] | None = None,
     ) -> None:
         self.engine = engine
         #: (topic, partition) -> the lowest offset not received yet in order (None:
         #: unknown); checkpoint floors never pass it
         self.frontier = frontier
-        #: (topic, partition, offset) -> whether a record below it is being read again:
-        #: the aligner holds that partition number meanwhile, so the record is applied in
-        #: its place rather than late
-        self.waits = waits
+        #: () -> {(topic, partition): offset of a missing record being read again}: the
+        #: aligner holds that partition number meanwhile, so the record is applied in its
+        #: place rather than late
+        self.holds = holds
         self.sink = sink
         self.metrics = metrics
         self.partitions = partitions
@@ -452,7 +445,7 @@ class Pipeline:
         #: (topic, partition) -> the offset after the highest record released/applied
         self.released: dict[tuple[str, int], int] = {}
         #: (topic, partition) that received a record below one received before, since
-        #: their assignment: their checkpoint floor is capped by the records held
+        #: their assignment (logged once each)
         self.disordered: set[tuple[str, int]] = set()
         #: accounts the engine holds (restored or created here)
         self.loaded: set[str] = set()
@@ -541,8 +534,6 @@ class Pipeline:
         """(account, checkpoint bytes) for each account of ``work`` (sorted; loaded ones
         only), with the step's output for the account as ``pending``."""
         out = []
-        # per disordered partition, the lowest offset held (once per call: O(held))
-        low_held = {key: self.aligner.min_held(*key) for key in self.disordered}
         for account in sorted(set(work.accounts)):
             if account not in self.loaded:
                 continue
@@ -550,7 +541,8 @@ class Pipeline:
             positions = dict(self.floors.get(account, {}))
             for topic in INPUT_TOPICS:
                 pos = self.released.get((topic, p))
-                low = low_held.get((topic, p))
+                # a record read again after a seek back is held below released ones
+                low = self.aligner.lowest_held(topic, p)
                 if pos is not None and low is not None and low < pos:
                     pos = low
                 cap = self.frontier(topic, p) if self.frontier is not None else None
@@ -624,9 +616,8 @@ class Pipeline:
 
     def _out_of_order(self, rec: Record, received: int) -> None:
         """A record below an offset already received from its partition: the consumer
-        went back (a seek after a rebalance). The floors of later checkpoints assume
-        records are applied in offset order; from now on they stay below the lowest
-        record of the partition still held (see :meth:`checkpoints`)."""
+        went back (a seek back after a record was lost). It is queued in offset order,
+        and checkpoint floors stay below it until it is applied (:meth:`checkpoints`)."""
         key = (rec.topic, rec.partition)
         self.metrics.out_of_order.labels(rec.topic).inc()
         if key not in self.disordered:
@@ -672,7 +663,8 @@ class Pipeline:
         checkpoint) and acks :attr:`Work.tokens`."""
         m = self.metrics
         work = Work()
-        released = self.aligner.release(highwater, committed, force, self.waits)
+        holds = self.holds() if self.holds is not None else None
+        released = self.aligner.release(highwater, committed, force, holds)
         if TRACING and released:
             by_tp: dict[str, list[int]] = {}
             for h in released:
