@@ -7,7 +7,9 @@ with ``metering simulate``, then measures in the same run, on the same file:
 * orjson.loads over the same lines (the other fast candidate; parse only, no validation);
 * decode only: the msgspec decoder over the same lines (parse + full validation into
   typed events), which is why the service decodes with msgspec;
-* engine only: decode + engine, results kept in memory;
+* engine only: decode + engine, results kept in memory, first with CPython's default
+  garbage-collector thresholds, then with those ``metering replay`` and the worker set
+  (:mod:`metering.gctune`);
 * full replay: decode + engine + ClickHouse writes (embedded chDB, fresh directory),
   exactly what ``metering replay`` does.
 
@@ -87,11 +89,23 @@ def decode_only(log: Path) -> float:
     return time.perf_counter() - t
 
 
-def engine_only(log: Path, accounts: Path) -> float:
+def engine_only(log: Path, accounts: Path, *, gc_tuned: bool) -> float:
+    """Decode + engine in this process, with CPython's default collector thresholds or
+    with :func:`metering.gctune.tune_gc` (what ``metering replay`` and the worker use)."""
+    import gc
+
     from metering.engine.accounts import load_accounts
+    from metering.gctune import tune_gc
     from metering.replay.replay import replay
 
-    summary, _ = replay(log, load_accounts(accounts), None)
+    defaults = gc.get_threshold()
+    if gc_tuned:
+        tune_gc()
+    try:
+        summary, _ = replay(log, load_accounts(accounts), None)
+    finally:
+        gc.set_threshold(*defaults)
+        gc.collect()
     return summary.seconds
 
 
@@ -132,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     n, base = baseline(log)
     orj = orjson_only(log)
     dec = decode_only(log)
-    eng = engine_only(log, accounts)
+    eng_default = engine_only(log, accounts, gc_tuned=False)
+    eng = engine_only(log, accounts, gc_tuned=True)
     full, rss, summary = full_replay(log, accounts)
     print(f"\nlog: {log.name}, {n:,} lines, {log.stat().st_size / 1e6:,.0f} MB")
     print(f"{'run':<40}{'seconds':>9}{'events/s':>12}{'x baseline':>12}")
@@ -140,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         ("json.loads loop (baseline)", base),
         ("orjson.loads loop (parse only)", orj),
         ("msgspec decode + validation", dec),
+        ("decode + engine, default GC thresholds", eng_default),
         ("decode + engine (in memory)", eng),
         ("full replay: decode + engine + chDB", full),
     ]

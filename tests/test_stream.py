@@ -581,6 +581,9 @@ class _ListSink:
     def add(self, item: Any) -> None:
         self.items.append(item)
 
+    def add_many(self, items: Any) -> None:
+        self.items.extend(items)
+
     def add_dead_letter(self, rej: Any, *args: Any) -> None:
         self.dead.append((rej, *args))
 

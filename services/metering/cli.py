@@ -81,8 +81,10 @@ def _accounts(path: str | None) -> dict[str, AccountConfig]:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from metering.gctune import tune_gc
     from metering.replay.replay import progress_printer, replay_into
 
+    tune_gc()
     accounts = _accounts(args.accounts)
     client = _connect(args)
     try:

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
@@ -61,6 +61,7 @@ class Sink(Protocol):
     """What replay needs from a sink (``metering.storage.sink.ClickHouseSink`` has it)."""
 
     def add(self, item: Any) -> None: ...
+    def add_many(self, items: Iterable[Any]) -> None: ...
     def add_dead_letter(
         self,
         rejection: Rejection,
@@ -185,10 +186,8 @@ def _write(sink: Sink, batch: Batch, dead: list[tuple[Rejection, int]], source: 
         sink.add_dead_letter(rej, topic=source, partition=0, offset=line_no)
     for rej in batch.rejections:
         sink.add_dead_letter(rej)
-    for f in batch.facts:
-        sink.add(f)
-    for o in batch.outputs:
-        sink.add(o)
+    sink.add_many(batch.facts)
+    sink.add_many(batch.outputs)
     sink.flush()
 
 

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -439,6 +440,17 @@ def _sql_str(s: str) -> str:
     return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _wire_type(type_name: str) -> str:
+    """The type a column is sent as: ``LowCardinality(T)`` goes as ``T`` and the server
+    builds the dictionary (Native input converts types; clickhouse-connect would build it
+    in Python, a fifth of a flush's Python time)."""
+    m = _LOW_CARDINALITY.fullmatch(type_name)
+    return m.group(1) if m else type_name
+
+
+_LOW_CARDINALITY = re.compile(r"LowCardinality\((.*)\)")
+
+
 # --------------------------------------------------------------------------------------
 # Local days.
 
@@ -537,8 +549,18 @@ class ClickHouseSink:
             self._timezones[item.account] = item.timezone
 
     def add_many(self, items: Iterable[Any]) -> None:
+        """:meth:`add` for each item, in order (one lookup of the buffers per item)."""
+        route = self._route
+        timezones = self._timezones
         for item in items:
-            self.add(item)
+            try:
+                buf, key = route[type(item)]
+            except KeyError:
+                self.add(item)  # raises the TypeError
+                continue
+            buf[key(item)] = item
+            if type(item) is AccountFact:
+                timezones[item.account] = item.timezone
 
     def add_dead_letter(
         self,
@@ -639,8 +661,14 @@ class ClickHouseSink:
         ctx = self._contexts.get(t)
         if ctx is None:
             table = TABLES[t]
-            ctx = self.client.create_insert_context(
+            described = self.client.create_insert_context(
                 table.name, column_names=table.column_names, settings=INSERT_SETTINGS
+            )
+            ctx = self.client.create_insert_context(
+                table.name,
+                column_names=table.column_names,
+                column_type_names=[_wire_type(ct.name) for ct in described.column_types],
+                settings=INSERT_SETTINGS,
             )
             self._contexts[t] = ctx
         ctx.column_oriented = True

@@ -52,6 +52,7 @@ def run_worker(args: argparse.Namespace) -> int:
     import faust
 
     from metering.engine.accounts import AccountConfigError
+    from metering.gctune import tune_gc
     from metering.kafka.topics import KafkaConfigError, TopicMismatchError
     from metering.storage.client import StorageError, StorageUnavailable
     from metering.stream.app import create_app, ensure_worker_topics, runtime_of
@@ -62,6 +63,7 @@ def run_worker(args: argparse.Namespace) -> int:
     except (SettingsError, KafkaConfigError) as exc:
         _err(str(exc))
         return 2
+    tune_gc()
     logging.basicConfig(
         level=settings.log_level,
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",

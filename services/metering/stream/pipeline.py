@@ -766,11 +766,11 @@ class Pipeline:
             work.outgoing.append(self._deadletter(rej, now_ms))
             if rej.account:
                 pending.setdefault(rej.account, []).append(encode_item(rej))
+        sink.add_many(batch.facts)
         for fact in batch.facts:
-            sink.add(fact)
             pending.setdefault(fact.account, []).append(encode_item(fact))
+        sink.add_many(batch.outputs)
         for out in batch.outputs:
-            sink.add(out)
             pending.setdefault(out.account, []).append(encode_item(out))
             work.outgoing.append(self._output(out))
             if out.type == "interaction.opened":
