@@ -243,18 +243,72 @@ def test_delivery_guard_frontier_and_seeks_back() -> None:
     assert guard.holds(1.0 + GAP_HOLD_S) == {}
     assert guard.to_heal(1.0 + HEAL_AFTER_S / 2) == []
     t = 1.0 + HEAL_AFTER_S
-    assert guard.to_heal(t) == [(voice, 11)]  # seek back to 11
+    assert guard.to_heal(t) == [(voice, 11, 13)]  # 11 missing, 13 the highest received
+    assert guard.missing(voice) == 11  # (the broker has it: seek back to 11)
     assert guard.to_heal(t + HEAL_AFTER_S) == []  # the next one waits twice as long
-    assert guard.to_heal(t + 2 * HEAL_AFTER_S) == [(voice, 11)]
+    assert guard.to_heal(t + 2 * HEAL_AFTER_S) == [(voice, 11, 13)]
     consumer._committed_offset[voice] = 10
     _ack(consumer, gate, [10, 12, 13])
     assert consumer._new_offset(voice) == 11  # not past the missing 11
     assert consumer._new_offset(voice) is None
     assert guard.admit(voice, 11, 20.0) is Admit.OK  # read again: it comes
     assert guard.frontier(voice) == 14
+    assert guard.missing(voice) is None
     assert guard.to_heal(20.0 + HEAL_MAX_S) == []
     consumer._committed_offset[voice] = 11
     _ack(consumer, gate, [11])
     assert consumer._new_offset(voice) == 14
     guard.reset()
     assert guard.frontier(voice) is None
+
+
+def test_delivery_guard_passes_offsets_the_broker_does_not_have() -> None:
+    """Offsets the broker's log lacks (compaction, transaction markers) never come. Told
+    which offsets of a range exist, the guard passes the others: the frontier moves past
+    them, records past them stop waiting, and Faust commits through them. An offset the
+    broker has but the worker did not receive stays missing (it is read again)."""
+    from faust.types import TP
+
+    from metering.stream.acks import HEAL_AFTER_S, AckGate, Admit, DeliveryGuard
+
+    consumer = _faust_consumer("holes-test")
+    accounts = TP("cpaas.voice", 0)
+    gate, guard = AckGate(["cpaas.voice"]), DeliveryGuard(["cpaas.voice"])
+    gate.install(consumer)
+    guard.install(consumer)
+    guard.start({accounts: 0}, now=0.0)
+    # the log: 0 1 _ _ 4 5 _ 7 8 (2, 3 and 6 compacted away); 8 lost on the way here
+    for o in (0, 1, 4, 5, 7):
+        assert guard.admit(accounts, o, 0.0) is Admit.OK
+    assert guard.frontier(accounts) == 2
+    assert guard.holds(1.0) == {("cpaas.voice", 0): 2}
+    [(tp, frontier, top)] = guard.to_heal(HEAL_AFTER_S)
+    assert (tp, frontier, top) == (accounts, 2, 7)
+    # the broker's answer for [2, 8): 4, 5 and 7 exist (it may not know 8 yet)
+    assert guard.learn(accounts, 2, [4, 5, 7], 8) == 3  # 2, 3 and 6
+    assert guard.holes == 3
+    assert guard.frontier(accounts) == 8
+    assert guard.missing(accounts) is None and guard.holds(1.0) == {}
+    consumer._committed_offset[accounts] = 0
+    _ack(consumer, gate, [0, 1, 4, 5, 7])
+    assert consumer._new_offset(accounts) == 8  # through the holes
+
+    # past the end of what it knows, a record it has but the worker lacks: still missing
+    for o in (10, 11):
+        assert guard.admit(accounts, o, 1.0) is Admit.OK
+    [(_, frontier, top)] = guard.to_heal(1.0 + HEAL_AFTER_S)
+    assert (frontier, top) == (8, 11)
+    assert guard.learn(accounts, 8, [8, 10, 11], 12) == 1  # 9 is a hole, 8 exists
+    assert guard.frontier(accounts) == 8 and guard.missing(accounts) == 8
+    assert guard.admit(accounts, 8, 2.0) is Admit.OK  # read again
+    assert guard.frontier(accounts) == 12 and guard.missing(accounts) is None
+    consumer._committed_offset[accounts] = 8
+    _ack(consumer, gate, [8, 10, 11])
+    assert consumer._new_offset(accounts) == 12
+    # a partial answer (the broker answered up to 5 only) passes only what it covers
+    guard.reset()
+    guard.start({accounts: 20}, now=5.0)
+    for o in (22, 30):
+        guard.admit(accounts, o, 5.0)
+    assert guard.learn(accounts, 20, [], 21) == 1  # 20 is a hole; nothing known past 21
+    assert guard.frontier(accounts) == 21 and guard.missing(accounts) == 21

@@ -24,9 +24,11 @@ from typing import Any
 import pytest
 import yaml
 
+from holes import produce_with_holes
 from metering.events.models import TYPE_TOPIC
 from metering.kafka.broker import BrokerError, DevBroker, probe_metadata, tansu_path
 from metering.kafka.kcat import KcatProxy, KcatRecord, kcat_consume, kcat_metadata
+from metering.kafka.offsets import OffsetProbe
 from metering.kafka.produce import (
     ProduceSummary,
     make_producer,
@@ -811,3 +813,29 @@ def test_kcat_shim_rewrites() -> None:
         struct.pack(">i", 9092), struct.pack(">i", 40000)
     )
     assert fix_metadata(v12, 12, {1: 2}) == v12
+
+
+def test_offset_probe_reports_the_offsets_a_partition_has(broker: DevBroker) -> None:
+    """OffsetProbe tells offsets with a record from offsets the log does not have (here
+    holes made on the dev broker by a batch whose offset deltas skip values)."""
+    run(ensure_topics(broker.bootstrap, [TopicSpec("probe.test", 1)]))
+    records = [(b"k", b"v%d" % i) for i in range(5)]
+    base = run(produce_with_holes(broker.bootstrap, "probe.test", 0, records, [0, 1, 3, 6, 7]))
+    tail = run(produce_with_holes(broker.bootstrap, "probe.test", 0, records[:1], [0]))
+    assert tail == base + 8  # the batch took offsets up to its last delta
+
+    async def ask(start: int, end: int) -> tuple[list[int], int]:
+        probe = OffsetProbe(broker.bootstrap)
+        try:
+            first = await probe.existing("probe.test", 0, start, end)
+            again = await probe.existing("probe.test", 0, start, end)  # same consumer
+            assert again == first
+            return first
+        finally:
+            await probe.close()
+
+    b = base
+    assert run(ask(b, b + 9)) == ([b, b + 1, b + 3, b + 6, b + 7, b + 8], b + 9)
+    assert run(ask(b + 2, b + 6)) == ([b + 3], b + 6)  # 2, 4 and 5 are holes
+    assert run(ask(b + 4, b + 6)) == ([], b + 6)  # answered by the record at 6
+    assert run(ask(b + 5, b + 5)) == ([], b + 5)  # an empty range asks nothing

@@ -1,11 +1,13 @@
-"""A consumer group's committed offsets (for benchmarks, tests and operators' checks).
+"""Offsets: a consumer group's committed offsets (for benchmarks, tests and operators'
+checks), and which offsets of a partition exist (:class:`OffsetProbe`, for the worker).
 
-Read with OffsetFetch through a consumer that never joins the group (the admin client's
-variant trips on the development broker, Tansu).
+Committed offsets are read with OffsetFetch through a consumer that never joins the group
+(the admin client's variant trips on the development broker, Tansu).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,3 +34,81 @@ async def committed_offsets(
         return out
     finally:
         await consumer.stop()
+
+
+class OffsetProbe:
+    """Which offsets of a partition the broker has: the broker's word on a missing offset.
+
+    A consumer of its own (no group, no commits, started on first use and kept) reads a
+    range of one partition and reports the offsets it got. Offsets of the range that it
+    did not get do not exist in the broker's log (compaction removed their records, or
+    they hold transaction markers): a consumer never receives them. Meant for rare calls
+    (a worker asks only when records past an offset arrived without it), so each call
+    assigns its one partition and unassigns it afterwards (nothing is fetched between
+    calls). ``client_options`` are the worker's (TLS, SASL); use the isolation level the
+    worker's consumer reads with.
+    """
+
+    def __init__(self, bootstrap: str, **client_options: Any) -> None:
+        self.bootstrap = bootstrap
+        self.client_options = client_options
+        self._consumer: Any = None
+
+    async def existing(
+        self, topic: str, partition: int, start: int, end: int, timeout_s: float = 2.0
+    ) -> tuple[list[int], int]:
+        """``(offsets, covered)``: the offsets in ``[start, covered)`` the broker has, in
+        order; every other offset of that range does not exist. ``covered`` is ``end``
+        when the broker answered for the whole range, less when ``timeout_s`` ran out
+        first (``start``: nothing is known). Errors of the consumer propagate (the next
+        call starts a new one)."""
+        from aiokafka import TopicPartition
+
+        if end <= start:
+            return [], start
+        consumer = await self._started()
+        tp = TopicPartition(topic, partition)
+        found: list[int] = []
+        covered = start
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            while covered < end:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                got = await consumer.getmany(tp, timeout_ms=int(left * 1000) + 1)
+                for record in got.get(tp, ()):
+                    if record.offset < covered:
+                        continue
+                    if record.offset >= end:
+                        covered = end
+                        break
+                    found.append(record.offset)
+                    covered = record.offset + 1
+        except BaseException:
+            await self.close()
+            raise
+        consumer.unsubscribe()
+        return found, covered
+
+    async def _started(self) -> Any:
+        if self._consumer is None:
+            from aiokafka import AIOKafkaConsumer
+
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                **self.client_options,
+            )
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()

@@ -175,11 +175,21 @@ class _Partition:
     gap_opened: float | None = None
     #: seconds to wait before the next seek back (doubles while the gap stays)
     backoff: float = HEAL_AFTER_S
+    #: offsets the broker does not have (:meth:`DeliveryGuard.learn`): start -> end
+    #: (exclusive) of each run of them
+    holes: dict[int, int] = field(default_factory=dict)
 
     def advance(self) -> None:
         n = self.frontier
-        while n in self.admitted:
-            n += 1
+        admitted = self.admitted
+        holes = self.holes
+        while True:
+            if n in admitted:
+                n += 1
+            elif (end := holes.get(n)) is not None:
+                n = end
+            else:
+                break
         self.frontier = n
         if self.fixed and len(self.admitted) > 2 * PRUNE_AT:
             self.admitted = {o for o in self.admitted if o >= n - 1}
@@ -216,6 +226,8 @@ class DeliveryGuard:
         self.rewound = 0
         #: seeks back to a partition's frontier after a record past it
         self.heals = 0
+        #: offsets found missing from the broker's log (:meth:`learn`)
+        self.holes = 0
         self._parts: dict[TP, _Partition] = {}
         self._installed: set[int] = set()
 
@@ -305,14 +317,22 @@ class DeliveryGuard:
         if low:  # acked below the committed offset: nothing to do with them
             index.difference_update(acked[:low])
             del acked[:low]
+        holes = part.holes
         n, i = head, 0
-        while i < len(acked) and acked[i] == n:
-            i += 1
-            n += 1
+        while True:
+            if i < len(acked) and acked[i] == n:
+                i += 1
+                n += 1
+            elif (end := holes.get(n)) is not None:
+                n = end  # offsets the broker does not have: nothing to wait for
+            else:
+                break
         if n == head:
             return None
         index.difference_update(acked[:i])
         del acked[:i]
+        if holes:
+            part.holes = {h: e for h, e in holes.items() if e > n}
         return n
 
     def start(self, heads: Mapping[TP, int], now: float | None = None) -> None:
@@ -359,24 +379,62 @@ class DeliveryGuard:
             part.gap_since = part.gap_opened = now
         return Admit.OK
 
-    def to_heal(self, now: float) -> list[tuple[TP, int]]:
+    def to_heal(self, now: float) -> list[tuple[TP, int, int]]:
         """Partitions whose records above a missing offset waited for it (from
-        :data:`HEAL_AFTER_S`, doubling each time up to :data:`HEAL_MAX_S`), with the
-        offset to seek each back to. A record lost on the way comes again; an offset the
-        broker's log does not have (compaction, transaction markers) never does, and the
-        partition's committed offset and checkpoint floors stay below it (runbook)."""
-        out: list[tuple[TP, int]] = []
+        :data:`HEAL_AFTER_S`, doubling each time up to :data:`HEAL_MAX_S`), as
+        ``(tp, frontier, top)``: the missing offset and the highest one admitted. The
+        caller asks the broker which offsets of ``[frontier, top]`` exist
+        (:meth:`learn`), then seeks back to the frontier if a record it has is still
+        missing (:meth:`sought_back`): a record lost on the way comes again."""
+        out: list[tuple[TP, int, int]] = []
         for tp, part in self._parts.items():
             since = part.gap_since
             if since is None or now - since < part.backoff:
                 continue
             part.gap_since = now
             part.backoff = min(2 * part.backoff, HEAL_MAX_S)
-            self.heals += 1
-            trace("heal %s/%d: seek back to %d (admitted up to %d)", tp.topic, tp.partition,
-                  part.frontier, part.top)  # fmt: skip
-            out.append((tp, part.frontier))
+            out.append((tp, part.frontier, part.top))
         return out
+
+    def learn(self, tp: TP, start: int, existing: Iterable[int], covered: int) -> int:
+        """The broker's word on ``[start, covered)`` of ``tp``: only the ``existing``
+        offsets of it are in its log. The others are holes (compaction, transaction
+        markers): the frontier and Faust's commits pass them, and records past them stop
+        waiting. Returns the number of offsets found to be holes."""
+        part = self._parts.get(tp)
+        if part is None or not part.fixed or covered <= start:
+            return 0
+        if part.head is not None:
+            start = max(start, part.head)
+        known = {o for o in existing if start <= o < covered}
+        known.update(o for o in part.admitted if start <= o < covered)
+        found = 0
+        prev = start
+        for o in [*sorted(known), covered]:
+            if o > prev:
+                part.holes[prev] = o
+                found += o - prev
+            prev = o + 1
+        if found:
+            part.advance()
+            if part.frontier > part.top:
+                part.gap_since = part.gap_opened = None
+                part.backoff = HEAL_AFTER_S
+            self.holes += found
+            trace("holes %s/%d: %s", tp.topic, tp.partition, sorted(part.holes.items()))
+        return found
+
+    def missing(self, tp: TP) -> int | None:
+        """The offset of ``tp`` that records past it still wait for (None: no gap)."""
+        part = self._parts.get(tp)
+        if part is None or part.gap_since is None:
+            return None
+        return part.frontier
+
+    def sought_back(self, tp: TP, offset: int) -> None:
+        """Count a seek of ``tp`` back to ``offset`` (its frontier)."""
+        self.heals += 1
+        trace("heal %s/%d: seek back to %d", tp.topic, tp.partition, offset)
 
     def holds(self, now: float) -> dict[tuple[str, int], int]:
         """(topic, partition) -> frontier, for the partitions whose records past the

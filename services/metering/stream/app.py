@@ -140,6 +140,7 @@ from mode import Service
 
 from metering.engine.accounts import AccountConfig, load_accounts
 from metering.engine.engine import Engine
+from metering.kafka.offsets import OffsetProbe
 from metering.kafka.topics import INPUT_TOPICS, TopicSpec, ensure_topics, topic_specs
 from metering.storage.client import StorageError, StorageUnavailable, connect
 from metering.storage.schema import migrate, set_retention
@@ -183,6 +184,8 @@ LAGGING_WINDOWS = 10
 """While catching up a backlog, commits wait for ``batch_size`` records, or at most this
 many batch windows."""
 RELEASE_INTERVAL_S = 0.1
+PROBE_TIMEOUT_S = 2.0
+"""How long the broker is asked which offsets of a partition exist, per gap."""
 """How often the processor looks for work without being woken (aligned events whose wait
 ended, restored checkpoints' pending output)."""
 BACKOFF_START_S = 0.5
@@ -347,6 +350,18 @@ class OutputProducer(Service):
             self.producer = None
 
 
+class LogProbe(Service):
+    """The worker's :class:`~metering.kafka.offsets.OffsetProbe` (its consumer is
+    started on first use and stopped with the app)."""
+
+    def __init__(self, settings: WorkerSettings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.probe = OffsetProbe(settings.bootstrap, **dict(settings.client_options))
+
+    async def on_stop(self) -> None:
+        await self.probe.close()
+
+
 class StreamRuntime:
     """Everything the Faust app's agent, timer, signals and web views share."""
 
@@ -374,6 +389,7 @@ class StreamRuntime:
         )
         self.table: Any = None  # set by create_app
         self.outputs = OutputProducer(settings)
+        self.log_probe = LogProbe(settings)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
         self._lock: asyncio.Lock | None = None
         self._wakeup: asyncio.Event | None = None
@@ -775,15 +791,39 @@ class StreamRuntime:
             self.room.set()
 
     async def heal_partitions(self) -> None:
-        """Read input partitions again from an offset whose record did not come while
-        later ones did (:meth:`DeliveryGuard.to_heal`)."""
-        for tp, offset in self.deliveries.to_heal(time.monotonic()):
+        """For each input partition whose records past an offset arrived without it
+        (:meth:`DeliveryGuard.to_heal`): ask the broker which offsets up to the highest
+        one received exist; those it does not have are holes of its log (the guard
+        passes them); if a record it has is still missing, read the partition again from
+        it. Without the broker's answer (an error), read again anyway."""
+        guard = self.deliveries
+        for tp, frontier, top in guard.to_heal(time.monotonic()):
+            try:
+                existing, covered = await self.log_probe.probe.existing(
+                    tp.topic, tp.partition, frontier, top + 1, timeout_s=PROBE_TIMEOUT_S
+                )
+            except Exception as exc:
+                log.warning("asking the broker for %s[%d] offsets %d-%d failed: %s",
+                            tp.topic, tp.partition, frontier, top, exc)  # fmt: skip
+            else:
+                holes = guard.learn(tp, frontier, existing, covered)
+                if holes:
+                    self.metrics.offset_holes.labels(tp.topic).inc(holes)
+                    log.info(
+                        "%s[%d]: %d offsets from %d on are not in the broker's log "
+                        "(compaction, transaction markers); passing them",
+                        tp.topic, tp.partition, holes, frontier,
+                    )  # fmt: skip
+            offset = guard.missing(tp)
+            if offset is None:
+                continue
             log.warning(
                 "%s[%d]: records past offset %d arrived without it; reading again from it",
                 tp.topic,
                 tp.partition,
                 offset,
             )
+            guard.sought_back(tp, offset)
             self.metrics.heals.labels(tp.topic).inc()
             consumer: Any = self.app.consumer
             try:
@@ -1056,6 +1096,7 @@ def create_app(settings: WorkerSettings, *, client: Any = None) -> faust.App:
     )
     rt.table.on_recover(rt.on_recovered)
     app.add_dependency(rt.outputs)
+    app.add_dependency(rt.log_probe)
 
     inputs = app.topic(
         *INPUT_TOPICS,

@@ -234,6 +234,7 @@ def partition_report(rt: StreamRuntime) -> dict[str, Any]:
         "redelivered": rt.deliveries.redelivered,
         "rewound": rt.deliveries.rewound,
         "heals": rt.deliveries.heals,
+        "holes": rt.deliveries.holes,
         "commit": commit_report(consumer),
         "partitions": partitions,
     }

@@ -223,6 +223,14 @@ class WorkerMetrics:
             ["topic"],
             registry=r,
         )
+        self.offset_holes = Counter(
+            "metering_offset_holes",
+            "Input offsets the broker's log does not have (compaction, transaction "
+            "markers), found by asking it after records past them arrived; the worker "
+            "passes them without reading again",
+            ["topic"],
+            registry=r,
+        )
         self.out_of_order = Counter(
             "metering_records_out_of_order",
             "Input records received below an offset already received from their partition "
