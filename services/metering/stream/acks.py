@@ -45,11 +45,20 @@ of acked offsets starting exactly at the committed offset, and tracks per partit
 floors never pass it (:class:`~metering.stream.pipeline.Pipeline`), and when records
 past it waited :data:`HEAL_AFTER_S` for it, the partition is sought back to the frontier
 (``metering_partition_heals_total``; again after 1, 2 ... up to 60 s while it stays
-missing); meanwhile the records past it wait in the aligner, up to :data:`GAP_HOLD_S`. The cost: where the broker really has no record (a compacted
-``cpaas.accounts``, transaction markers) the frontier, the committed offset and the
-floors stop before the hole; nothing is lost or counted twice within the dedupe horizon,
-but the partition is read again from the hole after each seek back and each restart
-(docs/runbook.md, Known defects).
+missing); meanwhile the records past it wait in the aligner, up to :data:`GAP_HOLD_S`.
+
+Offsets the broker does not have
+--------------------------------
+Where the broker's log has no record at an offset (a compacted ``cpaas.accounts``,
+transaction markers) the record never comes, and reading again cannot tell that from a
+record lost on the way. So before seeking back the worker asks the broker which offsets
+from the frontier to the highest one received exist
+(:class:`~metering.kafka.offsets.OffsetProbe`, a consumer of its own);
+:meth:`DeliveryGuard.learn` takes the others for holes: the frontier and Faust's commits
+pass them and the records past them stop waiting (``metering_offset_holes_total``).
+Only a record the broker has and the worker lacks is read again. Without an answer
+(the broker unreachable) the partition is read again as before, and the answer is asked
+for again at the next seek back.
 
 Partitions without a committed offset
 -------------------------------------
