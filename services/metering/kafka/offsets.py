@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -36,6 +37,21 @@ async def committed_offsets(
         await consumer.stop()
 
 
+@dataclass(frozen=True, slots=True)
+class LogRange:
+    """The broker's answer for a range of offsets of one partition."""
+
+    #: the offsets in ``[start, covered)`` that hold a record, in order; every other
+    #: offset of that range does not exist in the log
+    offsets: list[int]
+    #: ``end`` when the broker answered for the whole range; less when the time ran out
+    #: first (the start: nothing is known)
+    covered: int
+    #: the partition's first offset, when the range starts below it (retention deleted
+    #: those records); None otherwise
+    log_start: int | None = None
+
+
 class OffsetProbe:
     """Which offsets of a partition the broker has: the broker's word on a missing offset.
 
@@ -56,25 +72,26 @@ class OffsetProbe:
 
     async def existing(
         self, topic: str, partition: int, start: int, end: int, timeout_s: float = 2.0
-    ) -> tuple[list[int], int]:
-        """``(offsets, covered)``: the offsets in ``[start, covered)`` the broker has, in
-        order; every other offset of that range does not exist. ``covered`` is ``end``
-        when the broker answered for the whole range, less when ``timeout_s`` ran out
-        first (``start``: nothing is known). Errors of the consumer propagate (the next
-        call starts a new one)."""
+    ) -> LogRange:
+        """What the broker has of ``[start, end)`` of one partition (:class:`LogRange`).
+        Errors of the consumer propagate (the next call starts a new one)."""
         from aiokafka import TopicPartition
 
         if end <= start:
-            return [], start
+            return LogRange([], start)
         consumer = await self._started()
         tp = TopicPartition(topic, partition)
         found: list[int] = []
         covered = start
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        log_start: int | None = None
         try:
             consumer.assign([tp])
-            consumer.seek(tp, start)
+            first = int((await consumer.beginning_offsets([tp]))[tp])
+            if first > start:
+                log_start = first  # retention deleted the records below it
+            consumer.seek(tp, max(start, first))
             while covered < end:
                 left = deadline - loop.time()
                 if left <= 0:
@@ -92,7 +109,7 @@ class OffsetProbe:
             await self.close()
             raise
         consumer.unsubscribe()
-        return found, covered
+        return LogRange(found, covered, log_start)
 
     async def _started(self) -> Any:
         if self._consumer is None:
@@ -102,6 +119,7 @@ class OffsetProbe:
                 bootstrap_servers=self.bootstrap,
                 group_id=None,
                 enable_auto_commit=False,
+                auto_offset_reset="earliest",
                 **self.client_options,
             )
             await consumer.start()

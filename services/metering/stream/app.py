@@ -799,14 +799,20 @@ class StreamRuntime:
         guard = self.deliveries
         for tp, frontier, top in guard.to_heal(time.monotonic()):
             try:
-                existing, covered = await self.log_probe.probe.existing(
+                answer = await self.log_probe.probe.existing(
                     tp.topic, tp.partition, frontier, top + 1, timeout_s=PROBE_TIMEOUT_S
                 )
             except Exception as exc:
                 log.warning("asking the broker for %s[%d] offsets %d-%d failed: %s",
                             tp.topic, tp.partition, frontier, top, exc)  # fmt: skip
             else:
-                holes = guard.learn(tp, frontier, existing, covered)
+                if answer.log_start is not None:
+                    log.error(
+                        "%s[%d]: offsets %d-%d were deleted from the broker's log "
+                        "(retention) before this worker read them: those records are lost",
+                        tp.topic, tp.partition, frontier, answer.log_start - 1,
+                    )  # fmt: skip
+                holes = guard.learn(tp, frontier, answer.offsets, answer.covered)
                 if holes:
                     self.metrics.offset_holes.labels(tp.topic).inc(holes)
                     log.info(
