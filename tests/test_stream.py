@@ -708,6 +708,19 @@ def test_checkpoint_floor_waits_for_records_received_out_of_offset_order(
 
 
 @SLOW
+def _healthy_worker(
+    ws: list[Worker], broker: Kafka, backend: Backend, sim_log: SimLog, tmp_path: Path
+) -> Worker:
+    """Worker "w1" with the log's accounts and 500-record batches, started and healthy."""
+    w = start_worker(
+        broker, tmp_path, "w1", sim_log.accounts, storage=backend.storage(tmp_path, "w1"),
+        extra=("--batch-size", "500"),
+    )  # fmt: skip
+    ws.append(w)
+    w.wait_healthy()
+    return w
+
+
 def test_1_worker_statements_equal_replay(
     sim_log: SimLog, backend: Backend, broker: Kafka, tmp_path: Path
 ) -> None:
@@ -715,12 +728,7 @@ def test_1_worker_statements_equal_replay(
     ``metering replay``, and the same rows in every drain-independent table."""
     bootstrap = broker.bootstrap
     with workers() as ws:
-        w = start_worker(
-            broker, tmp_path, "w1", sim_log.accounts, storage=backend.storage(tmp_path, "w1"),
-            extra=("--batch-size", "500"),
-        )  # fmt: skip
-        ws.append(w)
-        w.wait_healthy()
+        w = _healthy_worker(ws, broker, backend, sim_log, tmp_path)
         produce(bootstrap, sim_log.lines)  # while the worker consumes
         ends = end_offsets(broker, len(sim_log.lines))
         wait_committed(bootstrap, ends, ws)
@@ -791,12 +799,7 @@ def test_8_offsets_missing_from_the_log_are_passed(
     rest = [line for i, line in enumerate(sim_log.lines) if i not in set(last)]
     batch = [(routed[i][2], sim_log.lines[i]) for i in last]
     with workers() as ws:
-        w = start_worker(
-            broker, tmp_path, "w1", sim_log.accounts, storage=backend.storage(tmp_path, "w1"),
-            extra=("--batch-size", "500"),
-        )  # fmt: skip
-        ws.append(w)
-        w.wait_healthy()
+        w = _healthy_worker(ws, broker, backend, sim_log, tmp_path)
         produce(bootstrap, rest)
         base = run(produce_with_holes(bootstrap, topic, partition, batch, [0, 2, 5]))
         ends = end_offsets(broker, len(sim_log.lines))
