@@ -1,5 +1,5 @@
-"""Service health (Prometheus): throughput, consumer position, dead letters by reason, sink
-latency and retries, worker memory.
+"""Service health (Prometheus): throughput, consumer position, dead letters by reason, the
+delivery guard, sink latency and retries, worker memory.
 
 Metric names are those of :mod:`metering.stream.metrics` as exposed by
 ``prometheus_client`` (counters end in ``_total``, histograms in ``_bucket``/``_sum``/
@@ -104,6 +104,29 @@ PANELS = (
         "wrong_topic, orphan, duplicate_call.",
         bars=True,
         stacked=True,
+    ),
+    Panel(
+        "Delivery guard",
+        "timeseries",
+        (
+            PromTarget(
+                f"sum by (topic) (increase(metering_partition_heals_total{{{SEL}}}[{RATE}]))",
+                "read again {{topic}}",
+            ),
+            PromTarget(
+                f"sum by (topic) (increase(metering_offset_holes_total{{{SEL}}}[{RATE}]))",
+                "log holes {{topic}}",
+            ),
+            PromTarget(
+                f"sum by (topic) (increase(metering_records_redelivered_total{{{SEL}}}[{RATE}]))",
+                "copies {{topic}}",
+            ),
+        ),
+        description="Seeks back to a record that did not arrive while later ones did (alert "
+        "MeteringPartitionReadAgain), offsets the broker's log does not have (compaction, "
+        "transaction markers; passed), and records delivered twice in one rebalance "
+        "generation (handled once).",
+        bars=True,
     ),
     Panel(
         "Sink flush latency",
