@@ -352,7 +352,8 @@ class OutputProducer(Service):
 
 class LogProbe(Service):
     """The worker's :class:`~metering.kafka.offsets.OffsetProbe` (its consumer is
-    started on first use and stopped with the app)."""
+    started on first use and stopped with the app). It reads ``read_uncommitted``, as
+    Faust's consumer does under ``at_least_once``, so both see the same records."""
 
     def __init__(self, settings: WorkerSettings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
