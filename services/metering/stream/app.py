@@ -186,6 +186,8 @@ many batch windows."""
 RELEASE_INTERVAL_S = 0.1
 PROBE_TIMEOUT_S = 2.0
 """How long the broker is asked which offsets of a partition exist, per gap."""
+PROBE_CONNECT_S = 8.0
+"""On top of that, for the probe's connection and metadata (the processing loop waits)."""
 """How often the processor looks for work without being woken (aligned events whose wait
 ended, restored checkpoints' pending output)."""
 BACKOFF_START_S = 0.5
@@ -800,8 +802,11 @@ class StreamRuntime:
         guard = self.deliveries
         for tp, frontier, top in guard.to_heal(time.monotonic()):
             try:
-                answer = await self.log_probe.probe.existing(
-                    tp.topic, tp.partition, frontier, top + 1, timeout_s=PROBE_TIMEOUT_S
+                answer = await asyncio.wait_for(
+                    self.log_probe.probe.existing(
+                        tp.topic, tp.partition, frontier, top + 1, timeout_s=PROBE_TIMEOUT_S
+                    ),
+                    PROBE_TIMEOUT_S + PROBE_CONNECT_S,
                 )
             except Exception as exc:
                 log.warning("asking the broker for %s[%d] offsets %d-%d failed: %s",
