@@ -300,6 +300,8 @@ def test_delivery_guard_passes_offsets_the_broker_does_not_have() -> None:
     assert (frontier, top) == (8, 11)
     assert guard.learn(accounts, 8, [8, 10, 11], 12) == 1  # 9 is a hole, 8 exists
     assert guard.frontier(accounts) == 8 and guard.missing(accounts) == 8
+    assert guard.learn(accounts, 8, [8, 10, 11], 12) == 0  # asked again: 9 known already
+    assert guard.holes == 4
     assert guard.admit(accounts, 8, 2.0) is Admit.OK  # read again
     assert guard.frontier(accounts) == 12 and guard.missing(accounts) is None
     consumer._committed_offset[accounts] = 8

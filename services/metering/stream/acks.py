@@ -420,7 +420,7 @@ class DeliveryGuard:
         found = 0
         prev = start
         for o in [*sorted(known), covered]:
-            if o > prev:
+            if o > prev and part.holes.get(prev) != o:  # (not known already)
                 part.holes[prev] = o
                 found += o - prev
             prev = o + 1
