@@ -796,7 +796,8 @@ def test_8_offsets_missing_from_the_log_are_passed(
             counts.setdefault(partition_for(k.decode(), PARTITIONS), []).append(i)
     partition, idx = max(counts.items(), key=lambda kv: len(kv[1]))
     last = idx[-3:]
-    rest = [line for i, line in enumerate(sim_log.lines) if i not in set(last)]
+    in_batch = set(last)
+    rest = [line for i, line in enumerate(sim_log.lines) if i not in in_batch]
     batch = [(routed[i][2], sim_log.lines[i]) for i in last]
     with workers() as ws:
         w = _healthy_worker(ws, broker, backend, sim_log, tmp_path)
@@ -1025,11 +1026,11 @@ def test_5_http_api(solo: tuple[Kafka, Worker], backend: Backend, tmp_path: Path
     # a new group has no committed offsets: Faust's seek after recovery left the input
     # partitions where they were; the worker sent them back to their beginning (the seek
     # can come just after /health turned 200: wait for it)
-    deadline = time.monotonic() + 20
-    while report["rewound"] < len(INPUT_TOPICS) * PARTITIONS and time.monotonic() < deadline:
-        time.sleep(0.2)
-        report = w.json("/partitions")
-    assert report["rewound"] >= len(INPUT_TOPICS) * PARTITIONS, report
+    n_inputs = len(INPUT_TOPICS) * PARTITIONS
+    wait_until("the seek after recovery",
+               lambda: w.json("/partitions")["rewound"] >= n_inputs, w, 20)  # fmt: skip
+    report = w.json("/partitions")
+    assert report["rewound"] >= n_inputs, report
     # the guard's frontier is known for every input partition once the seek ran, and
     # nothing is missing: it is not below what was received
     assert report["heals"] >= 0

@@ -158,7 +158,8 @@ that offset (doubling, up to :data:`HEAL_MAX_S`, while it stays missing)."""
 HEAL_MAX_S = 60.0
 GAP_HOLD_S = 30.0
 """How long records past a missing offset are held back (not applied) while it is read
-again; past that it is taken for a hole of the log and they are applied."""
+again; past that (the broker did not say it is a hole, nor did the record come) they are
+applied."""
 
 
 @dataclass(slots=True)

@@ -184,12 +184,12 @@ LAGGING_WINDOWS = 10
 """While catching up a backlog, commits wait for ``batch_size`` records, or at most this
 many batch windows."""
 RELEASE_INTERVAL_S = 0.1
+"""How often the processor looks for work without being woken (aligned events whose wait
+ended, restored checkpoints' pending output)."""
 PROBE_TIMEOUT_S = 2.0
 """How long the broker is asked which offsets of a partition exist, per gap."""
 PROBE_CONNECT_S = 8.0
 """On top of that, for the probe's connection and metadata (the processing loop waits)."""
-"""How often the processor looks for work without being woken (aligned events whose wait
-ended, restored checkpoints' pending output)."""
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 

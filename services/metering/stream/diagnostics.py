@@ -175,9 +175,9 @@ def commit_task_alive(consumer: Any) -> bool | None:
 def partition_report(rt: StreamRuntime) -> dict[str, Any]:
     """Per owned input topic-partition: the group's committed offset (Faust's copy), the
     broker's high watermark, Faust's read offset, aiokafka's fetch position and pause
-    flag, the delivery guard's frontier, records held by the aligner, acked records waiting for a commit (count and
-    lowest offset), Faust's offset gaps, and unacked messages; plus the worker's step
-    state."""
+    flag, the delivery guard's frontier, records held by the aligner, acked records
+    waiting for a commit (count and lowest offset), Faust's offset gaps, and unacked
+    messages; plus the worker's step state and the guard's counts."""
     app = rt.app
     consumer = _get(app, "_consumer") or _get(app, "consumer")
     committed = _get(consumer, "_committed_offset") or {}

@@ -11,11 +11,16 @@ line per event below, with offsets compressed into ranges (``3-7,9``):
 * ``skip``: offsets skipped because the account's checkpoint has them;
 * ``release``: per partition, the offsets a step hands to the engine;
 * ``checkpoint``: an account's checkpoint written, with its floors;
+* ``ack``: the offsets acked after a commit, and those whose ack waits;
 * ``committed``: Faust's committed offsets after an offset commit;
+* ``heal`` / ``holes``: a partition sought back to a missing offset, and the offsets the
+  broker said its log does not have;
+* ``lazy load``: an account's checkpoint looked up on its first record;
 * ``forget``: records dropped from the aligner on revocation.
 
 It is for finding where a record went when a statement and a replay differ (the
-SIGKILL tests keep worker logs); it costs a string per batch when on, nothing when off.
+SIGKILL tests keep worker logs); it costs a string per batch when on, and when off only
+the calls (the per-record ones are behind ``if ENABLED``).
 """
 
 from __future__ import annotations
