@@ -189,18 +189,19 @@ class _Partition:
     #: (exclusive) of each run of them
     holes: dict[int, int] = field(default_factory=dict)
 
-    def advance(self) -> None:
-        n = self.frontier
-        admitted = self.admitted
+    def run_end(self, n: int, present: set[int] | dict[int, Any]) -> int:
+        """The first offset from ``n`` on that is neither in ``present`` nor a hole."""
         holes = self.holes
         while True:
-            if n in admitted:
+            if n in present:
                 n += 1
             elif (end := holes.get(n)) is not None:
-                n = end
+                n = end  # offsets the broker does not have: nothing to wait for
             else:
-                break
-        self.frontier = n
+                return n
+
+    def advance(self) -> None:
+        n = self.frontier = self.run_end(self.frontier, self.admitted)
         if self.fixed and len(self.admitted) > 2 * PRUNE_AT:
             self.admitted = {o for o in self.admitted if o >= n - 1}
 
@@ -327,22 +328,14 @@ class DeliveryGuard:
         if low:  # acked below the committed offset: nothing to do with them
             index.difference_update(acked[:low])
             del acked[:low]
-        holes = part.holes
-        n, i = head, 0
-        while True:
-            if i < len(acked) and acked[i] == n:
-                i += 1
-                n += 1
-            elif (end := holes.get(n)) is not None:
-                n = end  # offsets the broker does not have: nothing to wait for
-            else:
-                break
+        n = part.run_end(head, index)  # Faust keeps ``index`` == set(acked)
         if n == head:
             return None
+        i = bisect_left(acked, n)
         index.difference_update(acked[:i])
         del acked[:i]
-        if holes:
-            part.holes = {h: e for h, e in holes.items() if e > n}
+        if part.holes:
+            part.holes = {h: e for h, e in part.holes.items() if e > n}
         return n
 
     def start(self, heads: Mapping[TP, int], now: float | None = None) -> None:
