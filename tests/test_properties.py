@@ -11,10 +11,12 @@ For random scenarios around a month boundary and a DST change:
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +27,15 @@ from metering.engine.state import AccountState
 from metering.engine.statement import render
 from metering.events.decode import to_ms
 from metering.events.models import AccountData
+from metering.storage import (
+    ClickHouseSink,
+    Client,
+    connect,
+    list_statements,
+    migrate,
+    read_statement,
+)
+from metering.storage.schema import MIGRATIONS_TABLE, set_retention
 from reference import reference_statements
 
 LATENESS_MS = 900_000
@@ -190,4 +201,64 @@ def test_crash_and_restart_from_snapshot_changes_nothing(
 ) -> None:
     want = expected(events)
     got = run_engine(arrival_order(events, rnd, dup_rate=0.1), rnd, restart=True)
+    assert got == want
+
+
+# --------------------------------------------------------------------------------------
+# The stored statement: what `metering statement` and the worker's HTTP API read back.
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+    c = connect(db_dir=str(tmp_path_factory.mktemp("stored") / "ch"))
+    migrate(c)
+    set_retention(c, False)  # the scenario's dates are older than the TTLs
+    yield c
+    c.close()
+
+
+def stored_statements(
+    client: Client, order: list[bytes], rnd: random.Random
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The engine's facts written as the worker writes them (a sink flush after every
+    drain; drains at random points), read back from ClickHouse. The usage aggregates are
+    left out: statements do not read them."""
+    for table in client.query("SHOW TABLES").result_columns[0]:
+        if table != MIGRATIONS_TABLE:
+            client.command(f"TRUNCATE TABLE {table}")
+    accounts = parse_accounts({"accounts": ACCOUNTS})
+    engine = Engine(accounts=accounts)
+    for account, cfg in accounts.items():
+        engine.configure(account, cfg)
+    sink = ClickHouseSink(client, aggregate=False)
+
+    def flush() -> None:
+        batch = engine.drain()
+        sink.add_many(batch.facts)
+        sink.add_many(batch.outputs)
+        sink.flush()
+
+    for b in order:
+        engine.process(decode(b), b)
+        if rnd.random() < 0.15:
+            flush()
+    flush()
+    return {key: st for key in list_statements(client) if (st := read_statement(client, *key))}
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(scenario(), st.randoms(use_true_random=False))
+def test_stored_statements_match_reference(
+    store: Client, events: list[bytes], rnd: random.Random
+) -> None:
+    want = expected(events)
+    got = stored_statements(store, arrival_order(events, rnd, dup_rate=0.1), rnd)
     assert got == want

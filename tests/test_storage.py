@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from helpers import at, call_ended, call_started, nlp, smartflow
 from metering.engine.facts import (
     AccountFact,
     CallFact,
@@ -31,7 +32,9 @@ from metering.engine.facts import (
     PeakFact,
     RawEventFact,
 )
+from metering.engine.statement import render
 from metering.events.decode import Rejection, to_ms
+from metering.replay.replay import replay, replay_into
 from metering.storage import (
     MIGRATIONS,
     ClickHouseSink,
@@ -959,3 +962,78 @@ def test_a_flush_reads_the_items_of_its_buckets_not_the_history(client: Client) 
             .split("/"),
         )
         assert total >= 20 and selected * 4 <= total, (gran, selected, total)
+
+
+# --------------------------------------------------------------------------------------
+# The stored statement equals the engine's, whatever the drains (audit, session 6).
+
+
+def stored_after_drains(
+    client: Client, tmp_path: Path, events: list[bytes], batch_size: int = 1
+) -> dict[str, Any]:
+    """Replay ``events`` into ``client`` with a drain (and flush) after every
+    ``batch_size`` events, the small batches of a worker; return the stored statement of
+    acct-1's cycle 2026-11, checked equal to the engine's own."""
+    log = tmp_path / "events.jsonl"
+    log.write_bytes(b"".join(e + b"\n" for e in events))
+    summary = replay_into(client, log, {}, batch_size=batch_size)
+    assert summary.accepted == len(events)
+    _, engine = replay(log, {}, None, batch_size=batch_size)
+    facts = engine.statement_facts(ACCT, CYCLE)
+    assert facts is not None
+    stored = read_statement(client, ACCT, CYCLE)
+    assert stored == render(facts)
+    return stored
+
+
+def test_counters_changed_after_a_drain_are_stored(client: Client, tmp_path: Path) -> None:
+    """A drain that settled a call cached the call's cycle; the executions and NLP uses
+    counted after it were kept in memory but never written (nlp_share stored as 0)."""
+    st = stored_after_drains(
+        client,
+        tmp_path,
+        [
+            call_started("c1", at(0)),
+            smartflow("x1", at(0, 1), channel="voice"),
+            nlp("x1", at(0, 2)),
+            smartflow("x2", at(0, 3), channel="api"),
+        ],
+        batch_size=2,
+    )
+    nlp_share = next(r for r in st["fair_use"] if r["rule"] == "nlp_share")
+    assert nlp_share["value"] == 0.5
+
+
+def test_each_voice_or_api_trigger_is_a_stored_interaction(client: Client, tmp_path: Path) -> None:
+    """SPEC section 4: every smartflow.triggered on voice/api is an Interaction, also when
+    an execution is triggered twice (the stored rows were keyed by execution only)."""
+    st = stored_after_drains(
+        client,
+        tmp_path,
+        [
+            smartflow("x1", at(0), channel="voice"),
+            smartflow("x1", at(5), channel="api"),
+            smartflow("x2", at(7), channel="voice"),
+            smartflow("x2", at(8), channel="voice"),
+        ],
+    )
+    assert st["interactions"]["total"] == 4
+    assert st["interactions"]["by_channel"]["voice"] == 3
+
+
+def test_a_group_whose_call_became_zero_length_is_not_listed(
+    client: Client, tmp_path: Path
+) -> None:
+    """While open, the call gave tg-3 a peak of 1; ended at its start it occupies no port,
+    and the stored peak of tg-3 must go back to zero (it stayed at 1)."""
+    st = stored_after_drains(
+        client,
+        tmp_path,
+        [
+            call_started("c0", at(0), tg="tg-2"),
+            call_ended("c0", at(5)),
+            call_started("c1", at(1), tg="tg-3"),
+            call_ended("c1", at(1)),
+        ],
+    )
+    assert list(st["concurrency"]["trunk_groups"]) == ["tg-2"]

@@ -648,10 +648,13 @@ class Engine:
         self._dirty_inter.setdefault(st.account, {})[inter.id] = inter
 
     def _standalone_interaction(
-        self, st: AccountState, channel: str, exec_id: str, t: int, cal: Calendar
+        self, st: AccountState, channel: str, source: str, event_id: str, t: int, cal: Calendar
     ) -> None:
+        """One Interaction per ``smartflow.triggered`` event on voice/api (SPEC section 4):
+        its id comes from the event's (source, id), so two triggers of one execution are two
+        Interactions in ClickHouse too."""
         inter = Interaction(
-            id=_id(st.account, "execution", exec_id),
+            id=_id(st.account, "trigger", source, event_id),
             channel=channel,
             business=None,
             remote=None,
@@ -703,7 +706,7 @@ class Engine:
                 st, FAMILY[d.channel], d.business_address, d.remote_address, t, cal
             )
         else:
-            self._standalone_interaction(st, d.channel, d.execution_id, t, cal)
+            self._standalone_interaction(st, d.channel, ev.source, ev.id, t, cal)
         return "accepted"
 
     def _nlp(self, st: AccountState, ev: NlpUsed, t: int, raw: bytes, cal: Calendar) -> Verdict:
@@ -730,6 +733,9 @@ class Engine:
         self._last_cycle = None
         for account in touched:
             self._drain_account(self._states[account])
+        # The drain published every cycle it marked; a cycle it cached must be marked
+        # again by the next event that changes it.
+        self._last_cycle = None
         self._dirty.clear()
         batch, self._batch = self._batch, Batch()
         batch.accounts = touched
@@ -1249,6 +1255,11 @@ class Engine:
         }
         for g, (n, g_at) in peaks.groups.items():
             scopes[f"trunk_group:{g}"] = (n, g_at, cfg.capacity_of(g))
+        for scope in cs.sent_peaks.keys() - scopes.keys():
+            # a group whose only calls became zero-length (or moved to another cycle)
+            # carries nothing any more: its stored peak is corrected to zero
+            g = scope.removeprefix("trunk_group:")
+            scopes[scope] = (0, None, cfg.capacity_of(g))
         for scope, (n, at_ms, cap) in sorted(scopes.items()):
             if cs.sent_peaks.get(scope) == (n, at_ms):
                 continue
