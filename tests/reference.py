@@ -34,9 +34,12 @@ where it decides; the rest is listed so the engine can align):
   of the account, counted in the cycle of its first trigger; it has NLP when any
   ``nlp.used`` of the account carries that ``execution_id`` (at any time).
 * ``redundant_for`` chains are followed to the group that is not redundant for another.
-* A statement exists for every cycle holding a call start (blocked included), a message or
-  a ``smartflow.triggered`` of the account, or reached by a non-blocked call's interval
-  (the lead's choice: a call carried over a cycle boundary is billed as that cycle's peak).
+* A statement exists for every cycle holding a call start (blocked included), a message,
+  an execution (where it is counted) or an Interaction's origin of the account, or reached
+  by a non-blocked call's interval (the lead's choice: a call carried over a cycle boundary
+  is billed as that cycle's peak). A trigger of an execution counted in an earlier cycle,
+  on a messaging channel, only adds an item to a conversation: alone, it makes no
+  statement (design.md, "Which cycles have a statement").
 """
 
 from __future__ import annotations
@@ -302,7 +305,12 @@ def account_statements(
     wanted = set(rules_for(tuple(cfg.policies)))
 
     cycles = {cycle_of(c.start, tz) for c in calls}
-    cycles |= {cycle_of(to_ms(e.time), tz) for e in messages + triggers}
+    cycles |= {cycle_of(to_ms(e.time), tz) for e in messages}
+    # a cycle with an execution (counted where its first trigger is) or an Interaction; a
+    # later trigger of the same execution on a messaging channel is only a conversation
+    # item, which may belong to an Interaction of the cycle before
+    cycles |= {cycle_of(t, tz) for t in executions.values()}
+    cycles |= {cycle_of(t, tz) for t, _ in origins}
     # a call spanning a cycle boundary occupies (and is billed as a peak) in both cycles,
     # so a cycle it reaches has a statement even when nothing starts in it
     for c in calls:

@@ -121,9 +121,10 @@ def scenario(draw: st.DrawFn) -> list[bytes]:
         t = draw(st.integers(0, horizon))
         channel = draw(st.sampled_from(["voice", "api", "sms", "whatsapp"]))
         addr = {"business": "+1000", "remote": "+20"} if channel in ("sms", "whatsapp") else {}
-        events.append(smartflow(f"x{i}", ts(t), channel=channel, account=acct, **addr))
+        eid = f"x{draw(st.integers(0, i))}"  # sometimes an execution triggered again
+        events.append(smartflow(eid, ts(t), channel=channel, account=acct, **addr))
         if draw(st.booleans()):
-            events.append(nlp(f"x{i}", ts(t + draw(st.integers(0, 60_000))), account=acct))
+            events.append(nlp(eid, ts(t + draw(st.integers(0, 60_000))), account=acct))
     return events
 
 
