@@ -409,6 +409,39 @@ def test_duplicates_are_ignored() -> None:
     assert statement(e)["voice"]["attempts"] == 1
 
 
+@pytest.mark.parametrize("drain_each", [False, True])
+def test_repeat_within_the_horizon_of_its_pair_is_a_duplicate_wherever_drains_fall(
+    drain_each: bool,
+) -> None:
+    """A repeat of a pair carrying another time (a producer re-using an id), 1 minute
+    behind the watermark and 23 h 59 min after the pair's first time: a duplicate, as in
+    sorted processing. The watermark had passed the first time + 24 h, so the pair's key
+    used to be expired by a drain in between, and the repeat counted as a new message."""
+    first = message("message.sent", at(0), eid="dup")
+    later = message("message.sent", at(24 * 60, 0.001), remote="+2")
+    repeat = message("message.sent", at(23 * 60 + 59), eid="dup")
+    e = engine()
+    verdicts = []
+    for b in (first, later, repeat):
+        verdicts.append(e.process(decode(b), b))
+        if drain_each:
+            e.drain()
+    e.drain()
+    assert verdicts == ["accepted", "accepted", "duplicate"]
+    assert statement(e)["messages"]["total"] == 2
+
+
+def test_pair_seen_again_a_horizon_later_is_a_new_event() -> None:
+    """24 h or more apart, the same (source, id) is two events, in either arrival order."""
+    a = message("message.sent", at(0), eid="again")
+    b = message("message.sent", at(24 * 60), eid="again")
+    for order in ((a, b), (b, a)):
+        e = engine()
+        assert [e.process(decode(x), x) for x in order] == ["accepted", "accepted"]
+        e.drain()
+        assert statement(e)["messages"]["total"] == 2
+
+
 def test_orphan_lifecycle_events_are_dead_lettered() -> None:
     e = engine()
     b = feed(e, [call_answered("ghost", at(0)), call_ended("ghost", at(1))])

@@ -143,6 +143,7 @@ class Engine:
         accounts: Mapping[str, AccountConfig] | None = None,
     ) -> None:
         self.config = config or EngineConfig()
+        self._horizon = self.config.dedupe_horizon_ms
         self._configs: dict[str, AccountConfig] = dict(accounts or {})
         self._states: dict[str, AccountState] = {}
         self._dirty: set[str] = set()
@@ -241,7 +242,8 @@ class Engine:
         t = to_ms(ev.time)
         key = f"{ev.source}\x1f{ev.id}"
         seen = st.seen
-        if key in seen:
+        first = seen.get(key)
+        if first is not None and abs(t - first) < self._horizon:
             return "duplicate"
         seen[key] = t
         st.seen_log.append((t, key))
@@ -775,9 +777,15 @@ class Engine:
         w = st.watermark
         log = st.seen_log
         head = st.seen_head
-        horizon = self.config.dedupe_horizon_ms
-        while head < len(log) and log[head][0] + horizon <= w:
-            st.seen.pop(log[head][1], None)
+        # A key is kept for the horizon plus the allowed lateness: any repeat that is not
+        # late still finds it, so whether it is a duplicate (within the horizon of the
+        # pair's time, see process) never depends on where the drains fell.
+        keep = self._horizon + self.config.allowed_lateness_ms
+        seen = st.seen
+        while head < len(log) and log[head][0] + keep <= w:
+            t, key = log[head]
+            if seen.get(key) == t:  # not taken over by a later event with the pair
+                del seen[key]
             head += 1
         if head > 4096 and 2 * head > len(log):
             del log[:head]
