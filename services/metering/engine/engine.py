@@ -143,7 +143,8 @@ class Engine:
         accounts: Mapping[str, AccountConfig] | None = None,
     ) -> None:
         self.config = config or EngineConfig()
-        self._horizon = self.config.dedupe_horizon_ms
+        # how long behind the watermark a (source, id) key is held (see _expire)
+        self._keep = self.config.dedupe_horizon_ms + self.config.allowed_lateness_ms
         self._configs: dict[str, AccountConfig] = dict(accounts or {})
         self._states: dict[str, AccountState] = {}
         self._dirty: set[str] = set()
@@ -243,7 +244,7 @@ class Engine:
         key = f"{ev.source}\x1f{ev.id}"
         seen = st.seen
         first = seen.get(key)
-        if first is not None and abs(t - first) < self._horizon:
+        if first is not None and first + self._keep > max(st.watermark, t):
             return "duplicate"
         seen[key] = t
         st.seen_log.append((t, key))
@@ -777,10 +778,11 @@ class Engine:
         w = st.watermark
         log = st.seen_log
         head = st.seen_head
-        # A key is kept for the horizon plus the allowed lateness: any repeat that is not
-        # late still finds it, so whether it is a duplicate (within the horizon of the
-        # pair's time, see process) never depends on where the drains fell.
-        keep = self._horizon + self.config.allowed_lateness_ms
+        # A key is held while the watermark is less than the horizon plus the allowed
+        # lateness past its time (process checks that itself): a repeat that is not late
+        # and lies within the horizon of the pair's time always finds it, whether or not a
+        # drain came in between. Here the released keys only leave memory.
+        keep = self._keep
         seen = st.seen
         while head < len(log) and log[head][0] + keep <= w:
             t, key = log[head]
