@@ -129,6 +129,38 @@ def test_late_item_becomes_origin_within_lateness() -> None:
     assert opened[-1].data["deadline"] == "2026-11-12T00:00:00.000Z"
 
 
+def test_item_days_late_splits_the_open_interactions_again() -> None:
+    """Time order: t0 opens X (deadline Nov 1 00:00Z), a joins X, b opens Y, c joins Y.
+    t0 arriving last used to open an Interaction of its own (three in all, two in
+    October) instead of taking a into X and leaving b and c to Y."""
+    t0 = message("message.sent", "2026-10-30T00:00:00.000Z")
+    a = message("message.sent", "2026-10-31T12:00:00.000Z")
+    b = message("message.sent", "2026-11-01T12:00:00.000Z")
+    c = message("message.sent", "2026-11-02T00:10:00.000Z")
+    in_order, late = engine(), engine()
+    feed(in_order, [t0, a, b, c])
+    for x in (a, b, c, t0):
+        feed(late, [x])
+    for cycle in ("2026-10", "2026-11"):
+        assert statement(late, cycle) == statement(in_order, cycle)
+        assert statement(late, cycle)["interactions"]["total"] == 1
+
+
+def test_late_item_before_interactions_restored_without_item_times() -> None:
+    """Snapshots taken before item times were kept: a late item that cannot join opens an
+    Interaction of its own, as before (documented approximation)."""
+    e = engine()
+    feed(e, [message("message.sent", "2026-11-11T12:00:00.000Z")])
+    old = msgspec.msgpack.decode(msgspec.msgpack.encode(e.state("acct-1")), type=AccountState)
+    for chain in old.conversations.values():
+        for inter in chain:
+            inter.times = []
+    e = engine()
+    e.restore(old)
+    feed(e, [message("message.sent", "2026-11-10T00:00:00.000Z")])
+    assert statement(e)["interactions"]["total"] == 2
+
+
 def test_voice_and_api_smartflows_are_interactions_by_themselves() -> None:
     e = engine()
     feed(

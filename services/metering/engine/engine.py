@@ -22,6 +22,7 @@ Contract:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 from collections.abc import Iterable, Mapping
@@ -564,7 +565,15 @@ class Engine:
     def _conversation_item(
         self, st: AccountState, family: str, business: str, remote: str, t: int, cal: Calendar
     ) -> Interaction:
-        """Place one item in its conversation's Interactions (SPEC section 4)."""
+        """Place one item in its conversation's Interactions (SPEC section 4).
+
+        An item before the open Interactions of its conversation (a late one) opens an
+        Interaction at its time, and the items of the open Interactions after it are split
+        into Interactions again from there, as if they had come in time order: some join
+        the new one, the rest start from the first item at or past its deadline. Dropped
+        Interactions are retracted (``interaction.closed``, reason ``merged``), new ones
+        opened; ids come from the origin, so the result equals in-order processing.
+        """
         key = f"{family}\x1f{business}\x1f{remote}"
         chain = st.conversations.get(key)
         if chain is None:
@@ -575,41 +584,64 @@ class Engine:
             pos -= 1
         if pos >= 0 and t < chain[pos].deadline:
             inter = chain[pos]
+            if len(inter.times) == inter.items:  # not restored from an older snapshot
+                bisect.insort(inter.times, t)
             inter.items += 1
             inter.last_item = max(inter.last_item, t)
             self._touch_interaction(st, inter)
             return inter
-        nxt = chain[pos + 1] if pos + 1 < len(chain) else None
-        deadline = cal.deadline(t)
-        if nxt is not None and nxt.last_item < deadline and not nxt.closed:
-            # a late item earlier than the next interaction's origin becomes its origin
-            self._drop_interaction(st, nxt)
-            moved = Interaction(
-                id=_id(st.account, key, t),
-                channel=family,
-                business=business,
-                remote=remote,
-                origin=t,
-                deadline=deadline,
-                items=nxt.items + 1,
-                last_item=nxt.last_item,
-                cycle=cal.cycle_of(t),
-            )
-            chain[pos + 1] = moved
-            self._open_interaction(st, key, moved)
-            return moved
+        tail = chain[pos + 1 :]
+        if any(x.closed or len(x.times) != x.items for x in tail):
+            # a closed Interaction cannot take items any more, and one restored from an
+            # older snapshot has no item times: the item opens an Interaction of its own
+            inter = self._new_interaction(st, key, family, business, remote, [t], cal)
+            chain.insert(pos + 1, inter)
+            return inter
+        times = sorted([t, *(x for old in tail for x in old.times)])
+        by_origin = {old.origin: old for old in tail}
+        plan: list[tuple[list[int], Interaction | None]] = []
+        i = 0
+        while i < len(times):
+            j = bisect.bisect_left(times, cal.deadline(times[i]), i)
+            group = times[i:j]
+            plan.append((group, by_origin.pop(group[0], None)))
+            i = j
+        for gone in sorted(by_origin.values(), key=lambda x: x.origin):
+            self._drop_interaction(st, gone)
+        out: list[Interaction] = []
+        for group, kept in plan:
+            if kept is None:
+                kept = self._new_interaction(st, key, family, business, remote, group, cal)
+            elif kept.times != group:
+                kept.times, kept.items, kept.last_item = group, len(group), group[-1]
+                self._touch_interaction(st, kept)
+            out.append(kept)
+        chain[pos + 1 :] = out
+        return next(x for x in out if x.origin <= t < x.deadline)
+
+    def _new_interaction(
+        self,
+        st: AccountState,
+        key: str,
+        family: str,
+        business: str,
+        remote: str,
+        times: list[int],
+        cal: Calendar,
+    ) -> Interaction:
+        origin = times[0]
         inter = Interaction(
-            id=_id(st.account, key, t),
+            id=_id(st.account, key, origin),
             channel=family,
             business=business,
             remote=remote,
-            origin=t,
-            deadline=deadline,
-            items=1,
-            last_item=t,
-            cycle=cal.cycle_of(t),
+            origin=origin,
+            deadline=cal.deadline(origin),
+            items=len(times),
+            last_item=times[-1],
+            cycle=cal.cycle_of(origin),
+            times=times,
         )
-        chain.insert(pos + 1, inter)
         self._open_interaction(st, key, inter)
         return inter
 

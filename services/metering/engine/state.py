@@ -78,6 +78,9 @@ class Interaction(Struct, kw_only=True):
     last_item: int
     cycle: str
     closed: bool = False
+    #: the time of every item, sorted (empty in snapshots taken before it was kept): a
+    #: late item can split the chain again exactly (``Engine._conversation_item``)
+    times: list[int] = field(default_factory=list)
 
 
 class Execution(Struct, kw_only=True):
