@@ -441,6 +441,17 @@ def test_duplicates_are_ignored() -> None:
     assert statement(e)["voice"]["attempts"] == 1
 
 
+def verdicts(e: Engine, events: list[bytes], drain_each: bool) -> list[str]:
+    """What ``process`` said of each event, with a drain after each one or none."""
+    out: list[str] = []
+    for b in events:
+        out.append(e.process(decode(b), b))
+        if drain_each:
+            e.drain()
+    e.drain()
+    return out
+
+
 @pytest.mark.parametrize("drain_each", [False, True])
 def test_repeat_within_the_horizon_of_its_pair_is_a_duplicate_wherever_drains_fall(
     drain_each: bool,
@@ -453,13 +464,7 @@ def test_repeat_within_the_horizon_of_its_pair_is_a_duplicate_wherever_drains_fa
     later = message("message.sent", at(24 * 60, 0.001), remote="+2")
     repeat = message("message.sent", at(23 * 60 + 59), eid="dup")
     e = engine()
-    verdicts = []
-    for b in (first, later, repeat):
-        verdicts.append(e.process(decode(b), b))
-        if drain_each:
-            e.drain()
-    e.drain()
-    assert verdicts == ["accepted", "accepted", "duplicate"]
+    assert verdicts(e, [first, later, repeat], drain_each) == ["accepted", "accepted", "duplicate"]
     assert statement(e)["messages"]["total"] == 2
 
 
@@ -468,18 +473,11 @@ def test_pair_is_held_for_the_horizon_plus_the_lateness() -> None:
     allowed lateness past its time, drained in between or not; before that it is a
     duplicate, even 24 h apart (the raw events and messages in ClickHouse are keyed by the
     pair, so two events with one pair held at once would be one row there)."""
-    for drain in (False, True):
-        e = engine()
-        a = message("message.sent", at(0), eid="again")
-        b = message("message.sent", at(24 * 60), eid="again")
-        c = message("message.sent", at(24 * 60 + 15), eid="again")
-        verdicts = []
-        for x in (a, b, c):
-            verdicts.append(e.process(decode(x), x))
-            if drain:
-                e.drain()
-        e.drain()
-        assert verdicts == ["accepted", "duplicate", "accepted"]
+    a = message("message.sent", at(0), eid="again")
+    b = message("message.sent", at(24 * 60), eid="again")
+    c = message("message.sent", at(24 * 60 + 15), eid="again")
+    for drain_each in (False, True):
+        assert verdicts(engine(), [a, b, c], drain_each) == ["accepted", "duplicate", "accepted"]
 
 
 def test_orphan_lifecycle_events_are_dead_lettered() -> None:
