@@ -262,6 +262,53 @@ def test_delivery_guard_frontier_and_seeks_back() -> None:
     assert guard.frontier(voice) is None
 
 
+def test_delivery_guard_finds_a_lost_tail_from_the_consumers_position() -> None:
+    """Records lost on the way at the end of a partition: no later record shows the gap,
+    but the consumer's position stays past the frontier. After TAIL_AFTER_S of that (the
+    worker quiet), the guard reports a gap up to the position; a record the broker has is
+    read again, a trailing hole (a transaction marker) is passed."""
+    from faust.types import TP
+
+    from metering.stream.acks import TAIL_AFTER_S, Admit, DeliveryGuard
+
+    voice = TP("cpaas.voice", 3)
+    guard = DeliveryGuard(["cpaas.voice"])
+    guard.start({voice: 700}, now=0.0)
+    for o in range(700, 715):
+        assert guard.admit(voice, o, 0.0) is Admit.OK
+    # records in flight (position past the frontier while they are handled): no gap
+    guard.fetched(voice, 800, 1.0)
+    assert guard.admit(voice, 715, 1.5) is Admit.OK  # admitted: the wait starts again
+    guard.fetched(voice, 822, 2.0)
+    assert guard.to_heal(2.0 + TAIL_AFTER_S - 0.1) == []
+    guard.fetched(voice, 822, 2.0 + TAIL_AFTER_S - 0.1)
+    assert guard.to_heal(2.0 + TAIL_AFTER_S - 0.1) == []
+    guard.fetched(voice, 822, 2.0 + TAIL_AFTER_S)
+    # 716-821 were handed to Faust and never came: a gap up to the position
+    assert guard.to_heal(2.0 + TAIL_AFTER_S) == [(voice, 716, 821)]
+    assert guard.learn(voice, 716, range(716, 822), 822) == 0  # the broker has them all
+    assert guard.missing(voice) == 716  # (seek back to 716)
+    guard.sought_back(voice, 716)
+    for o in range(716, 800):
+        guard.admit(voice, o, 6.0)
+    assert guard.missing(voice) == 800  # not all back yet: still a gap up to 821
+    for o in range(800, 822):
+        guard.admit(voice, o, 6.5)
+    assert guard.frontier(voice) == 822 and guard.missing(voice) is None
+    guard.fetched(voice, 822, 7.0)
+    guard.fetched(voice, 822, 7.0 + 2 * TAIL_AFTER_S)
+    assert guard.to_heal(7.0 + 2 * TAIL_AFTER_S) == []  # position == frontier: nothing
+    # a trailing transaction marker at 822: position 823, the broker has no record there
+    guard.fetched(voice, 823, 20.0)
+    guard.fetched(voice, 823, 20.0 + TAIL_AFTER_S)
+    assert guard.to_heal(20.0 + TAIL_AFTER_S) == [(voice, 822, 822)]
+    assert guard.learn(voice, 822, [], 823) == 1
+    assert guard.frontier(voice) == 823 and guard.missing(voice) is None
+    guard.fetched(voice, 823, 30.0)
+    guard.fetched(voice, 823, 30.0 + TAIL_AFTER_S)
+    assert guard.to_heal(30.0 + TAIL_AFTER_S) == []
+
+
 def test_delivery_guard_passes_offsets_the_broker_does_not_have() -> None:
     """Offsets the broker's log lacks (compaction, transaction markers) never come. Told
     which offsets of a range exist, the guard passes the others: the frontier moves past

@@ -156,6 +156,10 @@ HEAL_AFTER_S = 0.5
 """How long records past a missing offset wait before the partition is read again from
 that offset (doubling, up to :data:`HEAL_MAX_S`, while it stays missing)."""
 HEAL_MAX_S = 60.0
+TAIL_AFTER_S = 3.0
+"""How long the consumer's position may stay past the frontier, with nothing admitted
+while the worker is quiet, before the records in between count as lost (a lost *tail*:
+no later record comes to show the gap)."""
 GAP_HOLD_S = 30.0
 """How long records past a missing offset are held back (not applied) while it is read
 again; past that (the broker did not say it is a hole, nor did the record come) they are
@@ -188,6 +192,10 @@ class _Partition:
     #: offsets the broker does not have (:meth:`DeliveryGuard.learn`): start -> end
     #: (exclusive) of each run of them
     holes: dict[int, int] = field(default_factory=dict)
+    #: the highest offset the consumer handed to Faust (its position - 1), when past the
+    #: frontier with nothing admitted since ``tail_since`` (:meth:`DeliveryGuard.fetched`)
+    fetched: int = -1
+    tail_since: float | None = None
 
     def run_end(self, n: int, present: set[int] | dict[int, Any]) -> int:
         """The first offset from ``n`` on that is neither in ``present`` nor a hole."""
@@ -199,6 +207,12 @@ class _Partition:
                 n = end  # offsets the broker does not have: nothing to wait for
             else:
                 return n
+
+    def close_gap(self) -> None:
+        """Nothing is missing any more below the highest offset admitted or fetched."""
+        self.gap_since = self.gap_opened = None
+        self.backoff = HEAL_AFTER_S
+        self.fetched = -1
 
     def advance(self) -> None:
         n = self.frontier = self.run_end(self.frontier, self.admitted)
@@ -374,13 +388,38 @@ class DeliveryGuard:
             part.head = part.frontier = offset  # before the seek: from the lowest so far
         if offset > part.top:
             part.top = offset
+        part.tail_since = None
         part.advance()
-        if part.frontier > part.top:
-            part.gap_since = part.gap_opened = None
-            part.backoff = HEAL_AFTER_S
+        if part.frontier > max(part.top, part.fetched):
+            part.close_gap()
         elif part.gap_since is None:
             part.gap_since = part.gap_opened = now
         return Admit.OK
+
+    def fetched(self, tp: TP, position: int | None, now: float) -> None:
+        """The consumer's fetch position of ``tp`` (the next offset it hands to Faust),
+        read while the worker is quiet (no step running, nothing held). Records below it
+        were handed to Faust; if it stays past the frontier for :data:`TAIL_AFTER_S` with
+        nothing admitted, the records in between were lost on the way, and no later record
+        will show it (the end of the partition): the partition gets a gap up to the
+        position, which :meth:`to_heal` reports at once (seen on the dev broker: a worker
+        of a group of two, its consumer at 822 of ``cpaas.voice[3]``, 715 received)."""
+        part = self._parts.get(tp)
+        if part is None or not part.fixed or part.gap_since is not None:
+            return
+        if position is None or position <= part.frontier:
+            part.tail_since = None
+            return
+        if part.tail_since is None:
+            part.tail_since = now
+            return
+        if now - part.tail_since >= TAIL_AFTER_S:
+            part.tail_since = None
+            part.fetched = position - 1
+            part.gap_opened = now
+            part.gap_since = now - part.backoff  # due now
+            trace("tail %s/%d: frontier %d, position %d", tp.topic, tp.partition,
+                  part.frontier, position)  # fmt: skip
 
     def to_heal(self, now: float) -> list[tuple[TP, int, int]]:
         """Partitions whose records above a missing offset waited for it (from
@@ -396,7 +435,7 @@ class DeliveryGuard:
                 continue
             part.gap_since = now
             part.backoff = min(2 * part.backoff, HEAL_MAX_S)
-            out.append((tp, part.frontier, part.top))
+            out.append((tp, part.frontier, max(part.top, part.fetched)))
         return out
 
     def learn(self, tp: TP, start: int, existing: Iterable[int], covered: int) -> int:
@@ -420,9 +459,8 @@ class DeliveryGuard:
             prev = o + 1
         if found:
             part.advance()
-            if part.frontier > part.top:
-                part.gap_since = part.gap_opened = None
-                part.backoff = HEAL_AFTER_S
+            if part.frontier > max(part.top, part.fetched):
+                part.close_gap()
             self.holes += found
             trace("holes %s/%d: %s", tp.topic, tp.partition, sorted(part.holes.items()))
         return found

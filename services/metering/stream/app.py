@@ -149,6 +149,7 @@ from metering.stream.acks import AckGate, Admit, DeliveryGuard
 from metering.stream.diagnostics import (
     StallWatch,
     consumer_thread_tasks,
+    fetch_position,
     main_loop_tasks,
     partition_report,
 )
@@ -784,6 +785,7 @@ class StreamRuntime:
                 await asyncio.wait_for(self.wakeup.wait(), RELEASE_INTERVAL_S)
             self.wakeup.clear()
             self.metrics.backlog.set(pipeline.backlog)
+            self.check_tails()
             await self.heal_partitions()
             if pipeline.pending or self._uncommitted is not None:
                 async with self.lock:
@@ -793,10 +795,23 @@ class StreamRuntime:
                         await self._commit_uncommitted()
             self.room.set()
 
+    def check_tails(self) -> None:
+        """While the worker is quiet (no step or commit running, nothing admitted waiting),
+        tell the guard where the consumer's fetch position of each input partition is: a
+        position left past the frontier means records lost on the way with no later one
+        to show it (:meth:`DeliveryGuard.fetched`)."""
+        if self.lock.locked() or self.pipeline.pending:
+            return
+        consumer: Any = self.app.consumer
+        now = time.monotonic()
+        for tp in consumer.assignment():
+            if tp.topic in INPUT_TOPICS:
+                self.deliveries.fetched(tp, fetch_position(consumer, tp), now)
+
     async def heal_partitions(self) -> None:
-        """For each input partition whose records past an offset arrived without it
-        (:meth:`DeliveryGuard.to_heal`): ask the broker which offsets up to the highest
-        one received exist; those it does not have are holes of its log (the guard
+        """For each input partition whose records past an offset arrived without it, or
+        whose fetch position stayed past it (:meth:`DeliveryGuard.to_heal`): ask the
+        broker which offsets up to the highest one received or fetched exist; those it does not have are holes of its log (the guard
         passes them); if a record it has is still missing, read the partition again from
         it. Without the broker's answer (an error), read again anyway."""
         guard = self.deliveries
@@ -830,7 +845,8 @@ class StreamRuntime:
             if offset is None:
                 continue
             log.warning(
-                "%s[%d]: records past offset %d arrived without it; reading again from it",
+                "%s[%d]: the record at offset %d was fetched but never reached the worker; "
+                "reading again from it",
                 tp.topic,
                 tp.partition,
                 offset,

@@ -63,6 +63,13 @@ def _aiokafka_state(consumer: Any, tp: TP) -> dict[str, Any]:
     return {"position": position, "paused": bool(state.paused)}
 
 
+def fetch_position(consumer: Any, tp: TP) -> int | None:
+    """The next offset of ``tp`` aiokafka hands to Faust (None: unknown or not assigned);
+    read from the main thread, as the reports do."""
+    position: int | None = _aiokafka_state(consumer, tp)["position"]
+    return position
+
+
 def _future_state(fut: Any) -> str | None:
     if fut is None:
         return None

@@ -218,8 +218,9 @@ class WorkerMetrics:
         self.heals = Counter(
             "metering_partition_heals",
             "Input partitions read again from their next expected offset because records "
-            "past it arrived without it and the broker has it (the consumer lost it on "
-            "the way), or the broker did not answer whether it has it",
+            "past it arrived without it, or the consumer's position stayed past it, and the "
+            "broker has it (the consumer lost it on the way), or the broker did not answer "
+            "whether it has it",
             ["topic"],
             registry=r,
         )
