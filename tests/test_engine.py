@@ -522,6 +522,28 @@ def test_account_configured_event_applies_without_restart() -> None:
     assert statement(e)["voice"]["over_capacity"] == 1
 
 
+def test_configuration_change_does_not_depend_on_where_drains_fall() -> None:
+    """What came before an account.configured is finished under the old configuration
+    (a call at 03:00Z on Dec 1 is December's in UTC), drained in between or not; it was
+    November's when no drain came between the call and a change to America/Denver."""
+
+    def statements(drain_each: bool) -> dict[str, dict[str, Any]]:
+        e = engine()
+        events = [
+            call_started("c1", "2026-12-01T03:00:00.000Z"),
+            call_answered("c1", "2026-12-01T03:00:00.000Z"),
+            call_ended("c1", "2026-12-01T03:10:00.000Z"),
+            raw("account.configured", "2026-12-01T04:00:00.000Z", {"timezone": "America/Denver"}),
+            message("message.sent", "2026-12-01T04:00:01.000Z"),
+        ]
+        verdicts(e, events, drain_each)
+        return {c: statement(e, c) for c in e.cycles_of("acct-1")}
+
+    together, apart = statements(False), statements(True)
+    assert together == apart
+    assert together["2026-12"]["voice"]["attempts"] == 1
+
+
 # ------------------------------------------------------------------ state
 def test_state_snapshot_round_trip_continues_identically() -> None:
     events = [

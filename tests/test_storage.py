@@ -18,7 +18,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from helpers import at, call_ended, call_started, nlp, smartflow
+import helpers
+from helpers import at, call_answered, call_ended, call_started, nlp, raw, smartflow
+from metering.engine.accounts import parse_accounts
 from metering.engine.facts import (
     AccountFact,
     CallFact,
@@ -969,16 +971,21 @@ def test_a_flush_reads_the_items_of_its_buckets_not_the_history(client: Client) 
 
 
 def stored_after_drains(
-    client: Client, tmp_path: Path, events: list[bytes], batch_size: int = 1
+    client: Client,
+    tmp_path: Path,
+    events: list[bytes],
+    batch_size: int = 1,
+    accounts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Replay ``events`` into ``client`` with a drain (and flush) after every
     ``batch_size`` events, the small batches of a worker; return the stored statement of
     acct-1's cycle 2026-11, checked equal to the engine's own."""
     log = tmp_path / "events.jsonl"
     log.write_bytes(b"".join(e + b"\n" for e in events))
-    summary = replay_into(client, log, {}, batch_size=batch_size)
+    configs = parse_accounts({"accounts": accounts or {}})
+    summary = replay_into(client, log, configs, batch_size=batch_size)
     assert summary.accepted == len(events)
-    _, engine = replay(log, {}, None, batch_size=batch_size)
+    _, engine = replay(log, configs, None, batch_size=batch_size)
     facts = engine.statement_facts(ACCT, CYCLE)
     assert facts is not None
     stored = read_statement(client, ACCT, CYCLE)
@@ -1037,3 +1044,25 @@ def test_a_group_whose_call_became_zero_length_is_not_listed(
         ],
     )
     assert list(st["concurrency"]["trunk_groups"]) == ["tg-2"]
+
+
+def test_a_policy_added_later_is_stored_for_past_cycles(client: Client, tmp_path: Path) -> None:
+    """mitel_us added by account.configured in December: November's statement lists its
+    rules with November's figures, in ClickHouse too (they were listed with zeros: the
+    cycle was not published again, and its counters for the new rules never written)."""
+    later = "2026-12-03T00:00:00.000Z"
+    st = stored_after_drains(
+        client,
+        tmp_path,
+        [
+            call_started("c1", at(0), user="u1"),
+            call_answered("c1", at(0)),
+            call_ended("c1", at(10)),
+            helpers.message("message.sent", later),
+            raw("account.configured", later, {"policies": ["mitel_us", "intelepeer_uc"]}),
+            helpers.message("message.sent", "2026-12-03T00:00:01.000Z"),
+        ],
+        accounts={ACCT: {"policies": ["intelepeer_uc"]}},
+    )
+    minutes = next(r for r in st["fair_use"] if r["rule"] == "minutes_per_user")
+    assert (minutes["scope"], minutes["value"]) == ("user:u1", 10)

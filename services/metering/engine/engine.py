@@ -178,12 +178,22 @@ class Engine:
         return cfg
 
     def configure(self, account: str, cfg: AccountConfig) -> None:
-        """Apply a configuration (YAML or ``account.configured``); later calls win."""
+        """Apply a configuration (YAML or ``account.configured``); later calls win.
+
+        What the account's events so far left pending is finished under the old
+        configuration first (as a drain would), so the result does not depend on where
+        the drains fell; then every cycle in memory is published again under the new one
+        (its presets may list other rules, its groups other bundles and capacities)."""
+        st = self._states.get(account)
+        if st is not None and account in self._dirty:
+            self._drain_account(st)
+            self._last_cycle = None
         self._configs[account] = cfg
         self._cals.pop(account, None)
-        st = self._states.get(account)
         if st is not None:
             st.dirty_from = -FAR  # capacities may have changed: sweep everything again
+            self._dirty_cycles.setdefault(account, set()).update(st.cycles)
+            self._dirty.add(account)
         self._batch.facts.append(_account_fact(cfg))
 
     def accounts(self) -> list[str]:
