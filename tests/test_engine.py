@@ -480,6 +480,23 @@ def test_pair_is_held_for_the_horizon_plus_the_lateness() -> None:
         assert verdicts(engine(), [a, b, c], drain_each) == ["accepted", "duplicate", "accepted"]
 
 
+def test_call_described_again_after_it_left_memory_is_a_duplicate() -> None:
+    """A second CDR (another event id) for a call that is final and left memory 9 h
+    later, and its start sent again: dead-lettered as duplicate_call, not a second call
+    (it was counted twice)."""
+    e = engine()
+    first = cdr("c1", at(0), at(0, 5), at(10), eid="cdr-1")
+    feed(e, [first])
+    feed(e, [message("message.received", at(9 * 60))])  # the call leaves memory
+    assert "c1" not in e.state("acct-1").calls
+    again = cdr("c1", at(0), at(0, 5), at(10), eid="cdr-1-resent")
+    start = call_started("c1", at(0), eid="start-c1")
+    b = feed(e, [again, start])
+    assert [r.reason for r in b.rejections] == ["duplicate_call", "duplicate_call"]
+    voice = statement(e)["voice"]
+    assert (voice["attempts"], voice["billable_minutes"]) == (1, 10)
+
+
 def test_orphan_lifecycle_events_are_dead_lettered() -> None:
     e = engine()
     b = feed(e, [call_answered("ghost", at(0)), call_ended("ghost", at(1))])

@@ -97,7 +97,7 @@ PREFIX_LAG_MS = 10 * 60_000
 PREFIX_STEP_MS = 5 * 60_000
 #: the settle frontier moves in steps of this size (fewer sweeps; calls stay a bit longer)
 SETTLE_STEP_MS = 15 * 60_000
-_SHELL, _NLP, _EXEC, _CLOSE = 1, 2, 3, 4
+_SHELL, _NLP, _EXEC, _CLOSE, _FINAL = 1, 2, 3, 4, 5
 FLAG_WARNED, FLAG_BREACHED, FLAG_FAILING = 1, 2, 4
 SURCHARGE_RULES = frozenset(n for n in RULES if charge_kind(n) == "surcharge")
 RATIO_RULES = frozenset(n for n, r in RULES.items() if r.ratio)
@@ -301,6 +301,8 @@ class Engine:
         self, st: AccountState, ev: CallStarted, t: int, raw: bytes, cal: Calendar
     ) -> Verdict:
         d = ev.data
+        if self._final(st, d.call_id, raw, "call.started"):
+            return "rejected"
         call = self._call(st, d.call_id)
         new = Piece(t, ev.source, ev.id, raw)
         if call.started is not None:
@@ -316,6 +318,21 @@ class Engine:
             call.cdr_times = None
         call.started = new
         return self._redescribed(st, call, d, cal)
+
+    def _final(self, st: AccountState, call_id: str, raw: bytes, etype: str) -> bool:
+        """A description (a start or a CDR) of a call that already left memory, within
+        the dedupe horizon after that: the call is described twice, and the newcomer is
+        dead-lettered (``duplicate_call``) instead of counting the call again."""
+        if call_id not in st.final_calls:
+            return False
+        self._reject(
+            raw,
+            "duplicate_call",
+            f"call {call_id} is already described, and final (it left memory)",
+            etype,
+            st.account,
+        )
+        return True
 
     def _call(self, st: AccountState, call_id: str) -> Call:
         call = st.calls.get(call_id)
@@ -394,6 +411,8 @@ class Engine:
         self, st: AccountState, ev: CallCompleted, t: int, raw: bytes, cal: Calendar
     ) -> Verdict:
         d = ev.data
+        if self._final(st, d.call_id, raw, "call.completed"):
+            return "rejected"
         call = self._call(st, d.call_id)
         new = Piece(to_ms(ev.time), ev.source, ev.id, raw)
         if call.started is not None:
@@ -837,7 +856,7 @@ class Engine:
         st.seen_head = head
         exp = st.expiries
         while exp and exp[0][0] <= w:
-            _, kind, key = heapq.heappop(exp)
+            at, kind, key = heapq.heappop(exp)
             if kind == _SHELL:
                 call = st.calls.get(key)
                 if call is None or call.started is not None:
@@ -882,6 +901,9 @@ class Engine:
                             "nlp.used",
                             st.account,
                         )
+            elif kind == _FINAL:
+                if st.final_calls.get(key) == at:
+                    del st.final_calls[key]
             elif kind == _EXEC:
                 ex = st.executions.pop(key, None)
                 dirty = self._dirty_exec.get(st.account)
@@ -1097,6 +1119,9 @@ class Engine:
             and (c.blocked or self.effective_end(c) <= frontier)
         ]:
             call = st.calls.pop(cid)
+            forget = st.watermark + self.config.dedupe_horizon_ms
+            st.final_calls[cid] = forget
+            heapq.heappush(st.expiries, (forget, _FINAL, cid))
             self._ivs.get(st.account, {}).pop(cid, None)
             if cid in dirty:
                 dirty.discard(cid)

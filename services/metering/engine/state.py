@@ -150,6 +150,9 @@ class AccountState(Struct, kw_only=True):
     seen_log: list[tuple[int, str]] = field(default_factory=list)
     seen_head: int = 0
     calls: dict[str, Call] = field(default_factory=dict)
+    #: calls that left memory (final) -> the watermark at which they are forgotten: a
+    #: second description arriving before that is a ``duplicate_call``
+    final_calls: dict[str, int] = field(default_factory=dict)
     conversations: dict[str, list[Interaction]] = field(default_factory=dict)
     executions: dict[str, Execution] = field(default_factory=dict)
     pending_nlp: dict[str, PendingNlp] = field(default_factory=dict)
