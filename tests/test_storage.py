@@ -1066,3 +1066,30 @@ def test_a_policy_added_later_is_stored_for_past_cycles(client: Client, tmp_path
     )
     minutes = next(r for r in st["fair_use"] if r["rule"] == "minutes_per_user")
     assert (minutes["scope"], minutes["value"]) == ("user:u1", 10)
+
+
+def test_a_group_made_redundant_later_shows_its_owners_capacity(
+    client: Client, tmp_path: Path
+) -> None:
+    """tg-1b carried a call as a group of its own, then became redundant for tg-1: the
+    stored statement shows tg-1's capacity for it, as the engine does (it showed null)."""
+    groups = {"tg-1": {"capacity": 1, "bundle": "call_path"}}
+    st = stored_after_drains(
+        client,
+        tmp_path,
+        [
+            call_started("c1", at(0), tg="tg-1"),
+            call_started("c2", at(1), tg="tg-1b"),
+            raw(
+                "account.configured",
+                at(2),
+                {"trunk_groups": {**groups, "tg-1b": {"redundant_for": "tg-1"}}},
+            ),
+            call_started("c3", at(3), tg="tg-1b"),
+            call_ended("c1", at(10)),
+            call_ended("c2", at(11)),
+            call_ended("c3", at(12)),
+        ],
+        accounts={ACCT: {"trunk_groups": {**groups, "tg-1b": {"capacity": 5}}}},
+    )
+    assert st["concurrency"]["trunk_groups"]["tg-1b"]["capacity"] == 1

@@ -59,14 +59,25 @@ class AccountRow:
     policies: tuple[str, ...]
     trunk_groups: dict[str, dict[str, Any]] | None  # None: not configured
 
+    def _conf(self, group: str) -> dict[str, Any]:
+        """The configuration of the group that owns ``group``'s capacity (``redundant_for``
+        followed, as the engine resolves it: a group made redundant after it carried
+        calls shows its owner's capacity)."""
+        groups = self.trunk_groups or {}
+        conf = groups.get(group) or {}
+        seen = {group}
+        while (owner := conf.get("redundant_for")) and owner not in seen:
+            seen.add(owner)
+            conf = groups.get(owner) or {}
+        return conf
+
     def bundle(self, owner: str) -> str:
-        conf = (self.trunk_groups or {}).get(owner) or {}
-        return str(conf.get("bundle") or "user")
+        return str(self._conf(owner).get("bundle") or "user")
 
     def capacity(self, owner: str, stored: int | None) -> int | None:
         if self.trunk_groups is None:
             return stored
-        cap = (self.trunk_groups.get(owner) or {}).get("capacity")
+        cap = self._conf(owner).get("capacity")
         return None if cap is None else int(cap)
 
 
