@@ -156,13 +156,17 @@ def run_engine(
         if rnd.random() < 0.2:
             engine.drain()
     engine.drain()
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for account in engine.accounts():
-        for cycle in engine.cycles_of(account):
-            f = engine.statement_facts(account, cycle)
-            if f is not None:
-                out[(account, cycle)] = render(f)
-    return out
+    return engine_statements(engine)
+
+
+def engine_statements(engine: Engine) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every statement the engine holds in memory, by (account, cycle)."""
+    return {
+        (a, c): render(f)
+        for a in engine.accounts()
+        for c in engine.cycles_of(a)
+        if (f := engine.statement_facts(a, c)) is not None
+    }
 
 
 def expected(events: list[bytes]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -300,10 +304,4 @@ def test_items_any_days_late_split_interactions_as_in_time_order(
     for b in order:
         engine.process(decode(b), b)
     engine.drain()
-    got = {
-        (a, c): render(f)
-        for a in engine.accounts()
-        for c in engine.cycles_of(a)
-        if (f := engine.statement_facts(a, c)) is not None
-    }
-    assert got == expected(events)
+    assert engine_statements(engine) == expected(events)

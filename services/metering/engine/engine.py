@@ -187,7 +187,6 @@ class Engine:
         st = self._states.get(account)
         if st is not None and account in self._dirty:
             self._drain_account(st)
-            self._last_cycle = None
         self._configs[account] = cfg
         self._cals.pop(account, None)
         if st is not None:
@@ -794,12 +793,8 @@ class Engine:
     def drain(self) -> Batch:
         """Finish pending work for every account touched since the last drain."""
         touched = sorted(self._dirty)
-        self._last_cycle = None
         for account in touched:
             self._drain_account(self._states[account])
-        # The drain published every cycle it marked; a cycle it cached must be marked
-        # again by the next event that changes it.
-        self._last_cycle = None
         self._dirty.clear()
         batch, self._batch = self._batch, Batch()
         batch.accounts = touched
@@ -830,6 +825,9 @@ class Engine:
                 facts.append(_execution_fact(st.account, ex))
         for cycle in sorted(self._dirty_cycles.pop(st.account, ())):
             self._publish_cycle(st, cfg, cycle, st.cycles[cycle])
+        # every cycle marked is published: the cache's "cached means marked" no longer
+        # holds, so the next event changing a cycle must mark it again (_cycle)
+        self._last_cycle = None
 
     def _frontier(self, st: AccountState) -> int:
         f = st.watermark - self.config.settle_ms

@@ -60,10 +60,9 @@ class OffsetProbe:
     did not get do not exist in the broker's log (compaction removed their records, or
     they hold transaction markers): a consumer never receives them. Meant for rare calls
     (a worker asks only when records past an offset arrived without it, or its
-    consumer's position stayed past it), so each call
-    assigns its one partition and unassigns it afterwards (nothing is fetched between
-    calls). ``client_options`` are the worker's (TLS, SASL); use the isolation level the
-    worker's consumer reads with.
+    consumer's position stayed past it), so each call assigns its one partition and
+    unassigns it afterwards (nothing is fetched between calls). ``client_options`` are
+    the worker's (TLS, SASL); use the isolation level the worker's consumer reads with.
     """
 
     def __init__(self, bootstrap: str, **client_options: Any) -> None:

@@ -540,15 +540,7 @@ class ClickHouseSink:
 
     def add(self, item: Any) -> None:
         """Buffer a fact (any of engine/facts.py) or an OutputEvent; last one per key wins."""
-        try:
-            buf, key = self._route[type(item)]
-        except KeyError:
-            raise TypeError(
-                f"ClickHouseSink.add() takes a fact or an OutputEvent, not {type(item).__name__}"
-            ) from None
-        buf[key(item)] = item
-        if type(item) is AccountFact:
-            self._timezones[item.account] = item.timezone
+        self.add_many((item,))
 
     def add_many(self, items: Iterable[Any]) -> None:
         """:meth:`add` for each item, in order (one lookup of the buffers per item)."""
@@ -558,8 +550,10 @@ class ClickHouseSink:
             try:
                 buf, key = route[type(item)]
             except KeyError:
-                self.add(item)  # raises the TypeError
-                continue
+                raise TypeError(
+                    "ClickHouseSink.add() takes a fact or an OutputEvent, "
+                    f"not {type(item).__name__}"
+                ) from None
             buf[key(item)] = item
             if type(item) is AccountFact:
                 timezones[item.account] = item.timezone

@@ -208,11 +208,15 @@ class _Partition:
             else:
                 return n
 
-    def close_gap(self) -> None:
-        """Nothing is missing any more below the highest offset admitted or fetched."""
+    def close_gap_if_whole(self) -> bool:
+        """Close the gap (True) when nothing is missing any more below the highest offset
+        admitted or fetched."""
+        if self.frontier <= max(self.top, self.fetched):
+            return False
         self.gap_since = self.gap_opened = None
         self.backoff = HEAL_AFTER_S
         self.fetched = -1
+        return True
 
     def advance(self) -> None:
         n = self.frontier = self.run_end(self.frontier, self.admitted)
@@ -390,9 +394,7 @@ class DeliveryGuard:
             part.top = offset
         part.tail_since = None
         part.advance()
-        if part.frontier > max(part.top, part.fetched):
-            part.close_gap()
-        elif part.gap_since is None:
+        if not part.close_gap_if_whole() and part.gap_since is None:
             part.gap_since = part.gap_opened = now
         return Admit.OK
 
@@ -459,8 +461,7 @@ class DeliveryGuard:
             prev = o + 1
         if found:
             part.advance()
-            if part.frontier > max(part.top, part.fetched):
-                part.close_gap()
+            part.close_gap_if_whole()
             self.holes += found
             trace("holes %s/%d: %s", tp.topic, tp.partition, sorted(part.holes.items()))
         return found

@@ -811,9 +811,10 @@ class StreamRuntime:
     async def heal_partitions(self) -> None:
         """For each input partition whose records past an offset arrived without it, or
         whose fetch position stayed past it (:meth:`DeliveryGuard.to_heal`): ask the
-        broker which offsets up to the highest one received or fetched exist; those it does not have are holes of its log (the guard
-        passes them); if a record it has is still missing, read the partition again from
-        it. Without the broker's answer (an error), read again anyway."""
+        broker which offsets up to the highest one received or fetched exist; those it
+        does not have are holes of its log (the guard passes them); if a record it has is
+        still missing, read the partition again from it. Without the broker's answer (an
+        error), read again anyway."""
         guard = self.deliveries
         for tp, frontier, top in guard.to_heal(time.monotonic()):
             try:

@@ -15,6 +15,7 @@ line per event below, with offsets compressed into ranges (``3-7,9``):
 * ``committed``: Faust's committed offsets after an offset commit;
 * ``heal`` / ``holes``: a partition sought back to a missing offset, and the offsets the
   broker said its log does not have;
+* ``tail``: a partition whose consumer position stayed past its frontier (a lost tail);
 * ``lazy load``: an account's checkpoint looked up on its first record;
 * ``forget``: records dropped from the aligner on revocation.
 
